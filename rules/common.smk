@@ -1,0 +1,72 @@
+# Configuration checks and input functions shared by the rules.
+
+import os
+
+import pandas as pd
+from snakemake.exceptions import WorkflowError
+
+import echoflow.config as echoflow_config
+
+try:
+    echoflow_config.validate(config, echoflow_config.load_schema(workflow.source_path("../config/schema.yaml")))
+    EXPERIMENTS = echoflow_config.experiments(config)
+except echoflow_config.ConfigError as error:
+    raise WorkflowError(f"Invalid configuration. {error}") from None
+
+RAW_DIR = echoflow_config.raw_dir(config)
+DEMO_STAMP = "resources/demo/raw.sha256"
+
+
+wildcard_constraints:
+    video_id=r"[A-Za-z0-9._-]+",
+    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    sampling=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    split=r"train|val|test",
+
+
+def raw_tree_inputs(wildcards):
+    """Return the demo tree's checksum list when the demo tree is used; a user's tree is tracked by params."""
+    return {"demo": DEMO_STAMP} if config["raw_dir"] == "demo" else {}
+
+
+def raw_tree_fingerprint():
+    """List path, size and modification time of every file in a user's raw tree.
+
+    Passed as params, so adding, removing or editing a file reruns the manifest. The demo tree is tracked
+    by its checksum list instead, because it does not exist yet when a fresh clone is first planned.
+    """
+    if config["raw_dir"] == "demo" or not os.path.isdir(RAW_DIR):
+        return []
+    entries = []
+    for folder, _, names in sorted(os.walk(RAW_DIR)):
+        for name in sorted(names):
+            stat = os.stat(os.path.join(folder, name))
+            entries.append(f"{os.path.relpath(os.path.join(folder, name), RAW_DIR)}:{stat.st_size}:{stat.st_mtime_ns}")
+    return entries
+
+
+def manifest_table():
+    """Read the manifest written by the manifest checkpoint."""
+    return pd.read_csv(checkpoints.manifest.get().output.manifest, sep="\t", dtype=str, keep_default_na=False)
+
+
+def ok_video_ids():
+    """Return the ids of the videos whose status is ok, in manifest order."""
+    table = manifest_table()
+    return table.loc[table["status"] == "ok", "video_id"].tolist()
+
+
+def manifest_row(video_id):
+    table = manifest_table()
+    rows = table[table["video_id"] == video_id]
+    if rows.empty:
+        raise WorkflowError(f"video_id {video_id!r} is not in results/manifest.tsv; see the manifest for valid ids.")
+    return rows.iloc[0]
+
+
+def video_path(wildcards):
+    return manifest_row(wildcards.video_id)["video"]
+
+
+def annotation_path(wildcards):
+    return manifest_row(wildcards.video_id)["annotation"]

@@ -1,0 +1,1 @@
+# Placeholder; the rules of this stage are added with the stage.
