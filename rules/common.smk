@@ -70,3 +70,65 @@ def video_path(wildcards):
 
 def annotation_path(wildcards):
     return manifest_row(wildcards.video_id)["annotation"]
+
+
+# Split and segment sets.
+
+from echoflow.split import participant_classes
+
+SPLIT_NAMES = ["train", "val", "test"]
+
+
+def manifest_ready(wildcards):
+    """Make a rule wait for the manifest checkpoint without depending on the manifest file's time."""
+    checkpoints.manifest.get()
+    return []
+
+
+def split_participants(wildcards):
+    """Map each participant with an ok video to whether any of its videos has 4CV."""
+    return participant_classes(manifest_table())
+
+
+def video_participants(wildcards):
+    """Map each ok video to its participant."""
+    table = manifest_table()
+    table = table[table["status"] == "ok"]
+    return dict(zip(table["video_id"], table["participant"]))
+
+
+def segment_inputs(wildcards):
+    """Return the frame stores and label tables of every ok video, and the split table."""
+    video_ids = ok_video_ids()
+    return {
+        "frames": [f"results/frames/{video_id}.h5" for video_id in video_ids],
+        "labels": [f"results/labels/{video_id}.tsv" for video_id in video_ids],
+        "splits": "results/splits.tsv",
+    }
+
+
+def experiment_sampling(experiment):
+    """Return the name of the sampling an experiment trains on."""
+    return EXPERIMENTS[experiment].get("sampling", "default")
+
+
+def used_samplings():
+    """Return the samplings that some experiment names, sorted; only these are built."""
+    return sorted({experiment_sampling(name) for name in EXPERIMENTS})
+
+
+def segment_sets(wildcards=None):
+    """List the segment set files that downstream rules need.
+
+    With an ``experiment`` wildcard, return {"train", "val", "test"} -> results/segments/<sampling>/<split>.h5
+    for that experiment's sampling (use with unpack()); otherwise list the files of every used sampling.
+    """
+    if wildcards is not None and "experiment" in wildcards.keys():
+        sampling = experiment_sampling(wildcards.experiment)
+        return {split: f"results/segments/{sampling}/{split}.h5" for split in SPLIT_NAMES}
+    return [f"results/segments/{sampling}/{split}.h5" for sampling in used_samplings() for split in SPLIT_NAMES]
+
+
+def segment_summaries(wildcards=None):
+    """List results/segments/<sampling>/summary.tsv of every used sampling."""
+    return [f"results/segments/{sampling}/summary.tsv" for sampling in used_samplings()]

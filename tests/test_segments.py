@@ -1,0 +1,238 @@
+"""Segment sets: clip contents match the frame stores, sampling rules hold, and output bytes are reproducible."""
+
+import hashlib
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from echoflow.segments import (Sampling, SegmentError, VideoInput, build_segment_set, label_runs, plan_video,
+                               summarize)
+
+FRAME_MS = 1000 / 29.97
+SIZE = (12, 10)  # stored frame height, width
+
+
+def write_store(folder: Path, video_id: str, labels, status="ok", seed=0) -> VideoInput:
+    """Write a frame store with distinct random frames and a label table for ``labels``."""
+    labels = np.asarray(labels, dtype=np.uint8)
+    n = 0 if status == "excluded" else len(labels)
+    rng = np.random.default_rng(seed)
+    frames_path = folder / f"{video_id}.h5"
+    with h5py.File(frames_path, "w") as store:
+        store.create_dataset("frames", data=rng.integers(0, 256, size=(n, *SIZE), dtype=np.uint8))
+        store.create_dataset("timestamps_ms", data=np.arange(n) * FRAME_MS)
+        store.attrs["status"] = status
+        store.attrs["fps"] = 29.97
+    labels_path = folder / f"{video_id}.tsv"
+    rows = labels if status == "ok" else labels[:0]
+    pd.DataFrame({"frame": np.arange(len(rows)), "timestamp_ms": np.arange(len(rows)) * FRAME_MS,
+                  "label": rows}).to_csv(labels_path, sep="\t", index=False)
+    return VideoInput(video_id, video_id.split("_")[0], frames_path, labels_path)
+
+
+def runs(*pieces):
+    """Build per-frame labels from (label, length) pieces."""
+    return np.concatenate([np.full(length, label, dtype=np.uint8) for label, length in pieces])
+
+
+def sampling(**changes):
+    settings = {"seed": 99, "frames_per_clip": 4, "stride": 1, "max_background_s": 6.0, "clips_per_interval": 3,
+                "min_clip_frames": 4, "short_intervals": "pad", "balance": "none", "sliding_window": None}
+    settings.update(changes)
+    return Sampling.from_config(settings)
+
+
+def read_set(path):
+    with h5py.File(path, "r") as segment_set:
+        return {
+            "clips": segment_set["clips"][:],
+            "labels": segment_set["labels"][:],
+            "video_id": segment_set["video_id"].asstr()[:].tolist(),
+            "participant": segment_set["participant"].asstr()[:].tolist(),
+            "start_frame": segment_set["start_frame"][:],
+            "interval": segment_set["interval"].asstr()[:].tolist(),
+            "valid_frames": segment_set["valid_frames"][:],
+            "attrs": dict(segment_set.attrs),
+        }
+
+
+@pytest.fixture
+def videos(tmp_path):
+    return [
+        write_store(tmp_path, "P1_T1", runs((0, 300), (1, 60), (0, 40), (1, 3), (0, 120)), seed=1),
+        write_store(tmp_path, "P1_T2", runs((1, 50), (0, 500), (1, 80)), seed=2),
+        write_store(tmp_path, "P2_T1", runs((0, 100), (1, 100), (0, 100)), seed=3),
+    ]
+
+
+def build(videos, settings, output, split="train", members=("P1", "P2")):
+    return build_segment_set(videos, set(members), settings, "test-sampling", split, output)
+
+
+def test_clips_equal_store_frames(videos, tmp_path):
+    settings = sampling(frames_per_clip=5, stride=3)
+    build(videos, settings, tmp_path / "train.h5")
+    result = read_set(tmp_path / "train.h5")
+    stores = {video.video_id: h5py.File(video.frames_path, "r")["frames"][:] for video in videos}
+    assert len(result["labels"]) > 0
+    for i, video_id in enumerate(result["video_id"]):
+        start, valid = result["start_frame"][i], result["valid_frames"][i]
+        expected = stores[video_id][start: start + 3 * valid: 3]
+        assert len(expected) == valid
+        np.testing.assert_array_equal(result["clips"][i, :valid], expected, err_msg=f"clip {i}")
+        np.testing.assert_array_equal(result["clips"][i, valid:], np.repeat(expected[-1:], 5 - valid, axis=0))
+
+
+def test_clip_labels_match_every_frame(videos, tmp_path):
+    settings = sampling(frames_per_clip=4, stride=2, clips_per_interval=5)
+    build(videos, settings, tmp_path / "train.h5")
+    result = read_set(tmp_path / "train.h5")
+    labels = {video.video_id: pd.read_csv(video.labels_path, sep="\t")["label"].to_numpy() for video in videos}
+    for i, video_id in enumerate(result["video_id"]):
+        start = result["start_frame"][i]
+        span = min(settings.span, 2 * (result["valid_frames"][i] - 1) + 1)
+        covered = labels[video_id][start: start + span]
+        assert (covered == result["labels"][i]).all(), f"clip {i} of {video_id} at {start} crosses a class boundary"
+
+
+def test_background_never_overlaps_4cv():
+    labels = runs((0, 7), (1, 20), (0, 2), (1, 30), (0, 900))
+    settings = sampling(frames_per_clip=6, stride=2, sliding_window=1, min_clip_frames=1)
+    clips = plan_video("P9_T1", "P9", labels, FRAME_MS, settings)
+    annotated = np.flatnonzero(labels == 1)
+    background = [clip for clip in clips if clip.label == 0]
+    assert background
+    for clip in background:
+        last = clip.start_frame + 2 * (clip.valid_frames - 1)
+        overlap = annotated[(annotated >= clip.start_frame) & (annotated <= last)]
+        assert overlap.size == 0, f"background clip {clip} covers 4CV frames {overlap.tolist()}"
+
+
+def test_long_gap_contributes_central_part():
+    labels = runs((1, 30), (0, 3000), (1, 30))
+    settings = sampling(max_background_s=2.0, sliding_window=1)
+    clips = [clip for clip in plan_video("P9_T1", "P9", labels, FRAME_MS, settings) if clip.label == 0]
+    kept = round(2.0 * 1000 / FRAME_MS)
+    first = 30 + (3000 - kept) // 2
+    assert [clip.start_frame for clip in clips] == list(range(first, first + kept - settings.span + 1))
+
+
+def test_clips_per_interval_and_names():
+    labels = runs((0, 200), (1, 100), (0, 100), (1, 100), (0, 150))
+    clips = plan_video("P9_T1", "P9", labels, FRAME_MS, sampling(clips_per_interval=4))
+    names = pd.Series([clip.interval for clip in clips]).value_counts().to_dict()
+    assert names == {"bg-0": 4, "4CV-0": 4, "bg-1": 4, "4CV-1": 4, "bg-2": 4}
+    assert len({clip.start_frame for clip in clips}) == len(clips)
+
+
+def test_sliding_window_takes_every_step():
+    labels = runs((0, 20), (1, 31), (0, 20))
+    clips = plan_video("P9_T1", "P9", labels, FRAME_MS, sampling(sliding_window=5, frames_per_clip=4, stride=2))
+    starts = [clip.start_frame for clip in clips if clip.label == 1]
+    assert starts == [20, 25, 30, 35, 40]
+
+
+@pytest.mark.parametrize("policy, expected", [("pad", [(300, 3)]), ("drop", [])])
+def test_short_interval_policy(policy, expected):
+    # 4CV-1 has 3 frames, fewer than min_clip_frames = 4.
+    labels = runs((0, 200), (1, 60), (0, 40), (1, 3), (0, 200))
+    clips = plan_video("P9_T1", "P9", labels, FRAME_MS, sampling(short_intervals=policy))
+    short = [(clip.start_frame, clip.valid_frames) for clip in clips if clip.interval == "4CV-1"]
+    assert short == expected
+    assert len([clip for clip in clips if clip.interval == "4CV-0"]) == 3
+
+
+def test_interval_between_min_and_span_is_padded():
+    # 6 frames reach min_clip_frames but hold no full clip of span 7 (K = 4, stride = 2).
+    labels = runs((0, 100), (1, 6), (0, 100))
+    clips = plan_video("P9_T1", "P9", labels, FRAME_MS, sampling(stride=2, short_intervals="drop"))
+    assert [(clip.start_frame, clip.valid_frames) for clip in clips if clip.label == 1] == [(100, 3)]
+
+
+def test_padded_clip_repeats_last_frame(tmp_path):
+    video = write_store(tmp_path, "P1_T1", runs((0, 50), (1, 2), (0, 50)), seed=4)
+    build([video], sampling(frames_per_clip=4), tmp_path / "train.h5", members=["P1"])
+    result = read_set(tmp_path / "train.h5")
+    index = result["interval"].index("4CV-0")
+    frames = h5py.File(video.frames_path, "r")["frames"][:]
+    np.testing.assert_array_equal(result["clips"][index], frames[[50, 51, 51, 51]])
+
+
+def test_downsample_balances_classes(videos, tmp_path):
+    build(videos, sampling(balance="downsample"), tmp_path / "train.h5")
+    result = read_set(tmp_path / "train.h5")
+    counts = np.bincount(result["labels"], minlength=2)
+    assert counts[0] == counts[1]
+    assert result["attrs"]["balance"] == "downsample"
+
+
+def test_weights_keeps_every_clip(videos, tmp_path):
+    build(videos, sampling(balance="weights"), tmp_path / "weights.h5")
+    build(videos, sampling(balance="none"), tmp_path / "none.h5")
+    weights, unbalanced = read_set(tmp_path / "weights.h5"), read_set(tmp_path / "none.h5")
+    counts = np.bincount(weights["labels"], minlength=2)
+    assert counts[0] > counts[1]
+    np.testing.assert_array_equal(weights["start_frame"], unbalanced["start_frame"])
+    np.testing.assert_array_equal(weights["attrs"]["class_counts"], counts)
+    assert weights["attrs"]["balance"] == "weights"
+
+
+def test_only_split_participants(videos, tmp_path):
+    build(videos, sampling(), tmp_path / "val.h5", split="val", members=["P2"])
+    result = read_set(tmp_path / "val.h5")
+    assert set(result["participant"]) == {"P2"}
+    assert set(result["video_id"]) == {"P2_T1"}
+    assert result["attrs"]["split"] == "val"
+
+
+def test_excluded_store_skipped(videos, tmp_path):
+    excluded = write_store(tmp_path, "P2_T2", runs((0, 100), (1, 100)), status="excluded")
+    build(videos + [excluded], sampling(), tmp_path / "train.h5")
+    assert "P2_T2" not in read_set(tmp_path / "train.h5")["video_id"]
+
+
+def test_empty_split_written(videos, tmp_path):
+    build(videos, sampling(), tmp_path / "val.h5", split="val", members=[])
+    result = read_set(tmp_path / "val.h5")
+    assert result["clips"].shape == (0, 4, *SIZE)
+    assert result["labels"].shape == (0,)
+
+
+def test_identical_bytes_on_rerun(videos, tmp_path):
+    settings = sampling(balance="downsample")
+    digests = []
+    for name in ("first.h5", "second.h5"):
+        build(videos, settings, tmp_path / name)
+        digests.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
+    assert digests[0] == digests[1]
+    build(videos, sampling(balance="downsample", seed=100), tmp_path / "other.h5")
+    assert hashlib.sha256((tmp_path / "other.h5").read_bytes()).hexdigest() != digests[0]
+
+
+def test_label_rows_must_match_frames(tmp_path):
+    video = write_store(tmp_path, "P1_T1", runs((0, 50), (1, 50)))
+    pd.read_csv(video.labels_path, sep="\t").iloc[:-1].to_csv(video.labels_path, sep="\t", index=False)
+    with pytest.raises(SegmentError, match="has 99 rows, but the frame store .* has 100 frames"):
+        build([video], sampling(), tmp_path / "train.h5", members=["P1"])
+
+
+def test_summary_counts(videos, tmp_path):
+    paths = {}
+    for split, members in (("train", ["P1"]), ("val", []), ("test", ["P2"])):
+        paths[split] = tmp_path / f"{split}.h5"
+        build(videos, sampling(balance="downsample"), paths[split], split=split, members=members)
+    table = summarize(paths)
+    assert table.columns.tolist() == ["split", "background", "4CV", "clips", "participants", "videos"]
+    rows = table.set_index("split")
+    assert rows.loc["train", "videos"] == 2
+    assert rows.loc["val", "clips"] == 0
+    assert rows.loc["test", "participants"] == 1
+    assert rows.loc["test", "4CV"] == rows.loc["test", "background"] == 3
+
+
+def test_label_runs():
+    assert label_runs(np.array([0, 0, 1, 1, 1, 0])) == [(0, 2, 0), (2, 5, 1), (5, 6, 0)]
+    assert label_runs(np.array([], dtype=np.uint8)) == []

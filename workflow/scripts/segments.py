@@ -1,0 +1,23 @@
+"""Write results/segments/{sampling}/{split}.h5: the sampled clips of one split."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from echoflow.logs import log_to_file
+from echoflow.segments import Sampling, VideoInput, build_segment_set
+
+log = log_to_file(snakemake.log[0])
+split = snakemake.wildcards.split
+sampling = Sampling.from_config(snakemake.params.sampling)
+participants = snakemake.params.videos
+videos = [
+    VideoInput(Path(frames).stem, participants[Path(frames).stem], Path(frames), Path(labels))
+    for frames, labels in zip(snakemake.input.frames, snakemake.input.labels)
+]
+splits = pd.read_csv(snakemake.input.splits, sep="\t", dtype=str, keep_default_na=False)
+members = set(splits.loc[splits["split"] == split, "participant"])
+log.info("sampling %s (%s), split %s: %d participant(s)", snakemake.wildcards.sampling, sampling.to_json(),
+         split, len(members))
+counts = build_segment_set(videos, members, sampling, snakemake.wildcards.sampling, split, snakemake.output.clips)
+log.info("wrote %s: %d background and %d 4CV clips", snakemake.output.clips, counts["background"], counts["4CV"])
