@@ -29,7 +29,7 @@ def test_split_sizes_follow_fractions():
 
 
 def test_every_split_gets_4cv_participant():
-    # Three of ten participants have 4CV; each split must get one of them for every seed.
+    # Three of ten participants have 4CV, so each split must get exactly one of them for every seed.
     classes = participants(3, 7)
     for seed in range(30):
         table = assign_splits(classes, FRACTIONS, seed=seed)
