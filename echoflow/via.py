@@ -149,26 +149,46 @@ def read_project(path: str | Path, positive_values: tuple[str, ...] | list[str] 
 
 
 def project_dict(video_name: str, intervals: list[tuple[float, float]], attribute_name: str = "4CV",
-                 value: str = "4CV", project_name: str = "echoflow", id_seed: int = 0) -> dict:
-    """Build a VIA 3 project with one video and one temporal segment per interval (seconds)."""
-    token = secrets.token_hex(4) if id_seed is None else f"{id_seed:08x}"
+                 value: str = "4CV", project_name: str = "echoflow", id_seed: int | None = 0, *,
+                 values: list[str] | None = None, segment_ids: list[str] | None = None,
+                 extra_attributes: tuple[str, ...] | list[str] = (), created: int = 0) -> dict:
+    """Build a VIA 3 project with one video and one temporal segment per interval (seconds).
+
+    Segments are stored in the order of ``intervals``, so a caller can reproduce projects whose segments are out
+    of time order. ``values`` gives each segment its own attribute value (default: ``value`` for all), and
+    ``segment_ids`` its metadata key (default: numbered ids derived from ``id_seed``, or random ones when
+    ``id_seed`` is None). ``extra_attributes`` adds unused text attributes after the label attribute, such as
+    "guidance_4CV" in the annotators' template. ``created`` is the project creation time in ms since the epoch.
+    """
+    if values is None:
+        values = [value] * len(intervals)
+    if segment_ids is None:
+        token = secrets.token_hex(4) if id_seed is None else f"{id_seed:08x}"
+        segment_ids = [f"1_{token}{index:04d}" for index in range(len(intervals))]
+    if not len(values) == len(segment_ids) == len(intervals):
+        raise ValueError(f"got {len(intervals)} intervals, {len(values)} values and {len(segment_ids)} segment ids; "
+                         "pass one value and one id per interval.")
     metadata = {}
-    for index, (start, end) in enumerate(intervals):
-        metadata[f"1_{token}{index:04d}"] = {
-            "vid": "1", "flg": 0, "z": [round(float(start), 5), round(float(end), 5)], "xy": [], "av": {"1": value},
+    for segment_id, (start, end), segment_value in zip(segment_ids, intervals, values):
+        metadata[segment_id] = {
+            "vid": "1", "flg": 0, "z": [round(float(start), 5), round(float(end), 5)], "xy": [],
+            "av": {"1": segment_value},
         }
+    attributes = {}
+    for index, name in enumerate([attribute_name, *extra_attributes]):
+        attributes[str(index + 1)] = {"aname": name, "anchor_id": "FILE1_Z2_XY0", "type": 2, "desc": "",
+                                      "options": {}, "default_option_id": ""}
     return {
         "project": {"pid": "__VIA_PROJECT_ID__", "rev": "__VIA_PROJECT_REV_ID__",
                     "rev_timestamp": "__VIA_PROJECT_REV_TIMESTAMP__", "pname": project_name,
                     "creator": "VGG Image Annotator (http://www.robots.ox.ac.uk/~vgg/software/via)",
-                    "created": 0, "vid_list": ["1"]},
+                    "created": created, "vid_list": ["1"]},
         "config": {"file": {"loc_prefix": {"1": "", "2": "", "3": "", "4": ""}},
                    "ui": {"file_content_align": "center", "file_metadata_editor_visible": True,
                           "spatial_metadata_editor_visible": True,
                           "temporal_segment_metadata_editor_visible": True,
                           "spatial_region_label_attribute_id": "", "gtimeline_visible_row_count": "4"}},
-        "attribute": {"1": {"aname": attribute_name, "anchor_id": "FILE1_Z2_XY0", "type": 2, "desc": "",
-                            "options": {}, "default_option_id": ""}},
+        "attribute": attributes,
         "file": {"1": {"fid": "1", "fname": video_name, "type": 4, "loc": 1, "src": ""}},
         "metadata": metadata,
         "view": {"1": {"fid_list": ["1"]}},
@@ -176,7 +196,11 @@ def project_dict(video_name: str, intervals: list[tuple[float, float]], attribut
 
 
 def write_project(path: str | Path, video_name: str, intervals: list[tuple[float, float]],
-                  attribute_name: str = "4CV", value: str = "4CV", project_name: str = "echoflow") -> None:
-    """Write a VIA 3 project JSON that VIA opens beside the video named ``video_name``."""
-    project = project_dict(video_name, intervals, attribute_name, value, project_name)
+                  attribute_name: str = "4CV", value: str = "4CV", project_name: str = "echoflow",
+                  **options) -> None:
+    """Write a VIA 3 project JSON that VIA opens beside the video named ``video_name``.
+
+    ``options`` are passed to :func:`project_dict` (``values``, ``segment_ids``, ``extra_attributes``, ...).
+    """
+    project = project_dict(video_name, intervals, attribute_name, value, project_name, **options)
     Path(path).write_text(json.dumps(project, separators=(",", ":")), encoding="utf-8")
