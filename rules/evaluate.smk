@@ -1,1 +1,164 @@
-# Placeholder; the rules of this stage are added with the stage.
+# Evaluation: export and verify each checkpoint, time it, score it on the test split, run it over whole
+# test videos, and pick the best experiment on the validation split.
+
+
+def evaluation_config():
+    """Return the evaluation section with the defaults of config/config.yaml filled in."""
+    section = dict(config.get("evaluation") or {})
+    timeline = {"smooth_s": 1.0, "threshold": 0.5, "min_interval_s": 1.0, "min_iou": 0.3}
+    timeline.update(section.get("timeline") or {})
+    defaults = {"seed": 0, "bootstrap": 1000, "latency_repeats": 200, "latency_threads": 1, "select_metric": "val_loss"}
+    return {**defaults, **section, "timeline": timeline}
+
+
+EVALUATION = evaluation_config()
+
+
+def ok_frame_stores(wildcards):
+    """Return the frame store of every ok video; the scripts pick the test videos after the split."""
+    return [f"results/frames/{video_id}.h5" for video_id in ok_video_ids()]
+
+
+def timeline_inputs(wildcards):
+    video_ids = ok_video_ids()
+    return {
+        "model": f"results/models/{wildcards.experiment}/model.pt",
+        "manifest": "results/manifest.tsv",
+        "splits": "results/splits.tsv",
+        "frames": [f"results/frames/{video_id}.h5" for video_id in video_ids],
+        "labels": [f"results/labels/{video_id}.tsv" for video_id in video_ids],
+        "intervals": [f"results/labels/{video_id}.intervals.tsv" for video_id in video_ids],
+    }
+
+
+rule export:
+    input:
+        model="results/models/{experiment}/model.pt",
+    output:
+        torchscript="results/export/{experiment}/model.ts",
+        onnx="results/export/{experiment}/model.onnx",
+        preprocess="results/export/{experiment}/preprocess.json",
+        verification="results/export/{experiment}/verification.json",
+    log:
+        "logs/export/{experiment}.log",
+    benchmark:
+        "benchmarks/out/export/{experiment}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/export.py"
+
+
+rule latency:
+    input:
+        model="results/models/{experiment}/model.pt",
+        torchscript="results/export/{experiment}/model.ts",
+        onnx="results/export/{experiment}/model.onnx",
+        frames=ok_frame_stores,
+    output:
+        latency="results/eval/{experiment}/latency.json",
+    log:
+        "logs/latency/{experiment}.log",
+    benchmark:
+        "benchmarks/out/latency/{experiment}.tsv"
+    params:
+        repeats=EVALUATION["latency_repeats"],
+        threads=EVALUATION["latency_threads"],
+    # NOTE: other jobs of the same run may share the CPU while this one times the model; latency.json
+    # records the load average so a disturbed measurement can be recognised.
+    threads: EVALUATION["latency_threads"]
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/latency.py"
+
+
+rule evaluate:
+    input:
+        model="results/models/{experiment}/model.pt",
+        test=lambda wildcards: f"results/segments/{experiment_sampling(wildcards.experiment)}/test.h5",
+        latency="results/eval/{experiment}/latency.json",
+    output:
+        metrics="results/eval/{experiment}/metrics.json",
+        predictions="results/eval/{experiment}/predictions.tsv",
+    log:
+        "logs/evaluate/{experiment}.log",
+    benchmark:
+        "benchmarks/out/evaluate/{experiment}.tsv"
+    params:
+        bootstrap=EVALUATION["bootstrap"],
+        seed=EVALUATION["seed"],
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, input: int(1500 + 4 * input.size_mb),
+        runtime=20,
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/evaluate.py"
+
+
+rule timelines:
+    input:
+        unpack(timeline_inputs),
+    output:
+        table="results/eval/{experiment}/timelines.tsv",
+        arrays="results/eval/{experiment}/timelines.npz",
+        via=directory("results/eval/{experiment}/via"),
+    log:
+        "logs/timelines/{experiment}.log",
+    benchmark:
+        "benchmarks/out/timelines/{experiment}.tsv"
+    params:
+        timeline=EVALUATION["timeline"],
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/timelines.py"
+
+
+rule select_best:
+    input:
+        models=expand("results/models/{experiment}/model.pt", experiment=EXPERIMENTS),
+        histories=expand("results/models/{experiment}/history.tsv", experiment=EXPERIMENTS),
+        exports=expand("results/export/{experiment}/{name}", experiment=EXPERIMENTS,
+                       name=["model.ts", "model.onnx", "preprocess.json"]),
+    output:
+        torchscript="results/best_model/model.ts",
+        onnx="results/best_model/model.onnx",
+        preprocess="results/best_model/preprocess.json",
+        readme="results/best_model/README.txt",
+        selection="results/best_model/selection.tsv",
+    log:
+        "logs/select_best.log",
+    params:
+        experiments=list(EXPERIMENTS),
+        select_metric=EVALUATION["select_metric"],
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/select_best.py"
+
+
+rule evaluate_all:
+    """Evaluate, time and export every experiment and choose the best one, without the report."""
+    input:
+        expand("results/eval/{experiment}/{name}", experiment=EXPERIMENTS,
+               name=["metrics.json", "predictions.tsv", "timelines.tsv"]),
+        "results/best_model/README.txt",
+    localrule: True
