@@ -90,8 +90,15 @@ SwitchType=switch/none
 ReturnToService=2
 MailProg=/bin/true
 MinJobAge=$MIN_JOB_AGE_S
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory_mb State=UNKNOWN
+# One GPU for the scheduler only (gres.conf maps it to /dev/null), so a GPU request such as
+# sbatch --gpus=1 is scheduled and its allocation can be checked. Jobs that get it run on the CPU.
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$memory_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+EOF
+    cat >/etc/slurm/gres.conf <<EOF
+$CONF_MARKER
+NodeName=localhost Name=gpu File=/dev/null Count=1
 EOF
     log "wrote $SLURM_CONF_PATH (CPUs=$cpus RealMemory=$memory_mb, partition $PARTITION)"
 }
