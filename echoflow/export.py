@@ -84,9 +84,12 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, target: st
     with torch.no_grad(), warnings.catch_warnings():
         # Input shape checks in forward() are constant for a fixed clip shape, which is what tracing warns about.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch 2.13 marks TorchScript as deprecated; it still loads in C++ (libtorch) without Python.
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(model.eval(), example)
         frozen = torch.jit.freeze(traced)
-    with atomic_output(target) as temporary:
+    with atomic_output(target) as temporary, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(frozen, str(temporary))
 
 
