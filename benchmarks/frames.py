@@ -1,0 +1,101 @@
+"""Compare the frames stage with a decode-only loop on a 1920x1080 H.264 capture.
+
+Prints ``name=value`` lines; the last two are ``decode_ratio`` (frames-stage speed / decode-only speed, target
+>= 0.8) and ``size_ratio`` (store size / the same frames as float32, target <= 0.25).
+
+    python benchmarks/frames.py [--seconds 20] [--threads N] [--repeats 3] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import h5py
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import synthetic  # noqa: E402  (tests/synthetic.py, the test-video generator)
+
+from echoflow.frames import build_store  # noqa: E402
+
+LAYOUT = synthetic.Layout(width=1920, height=1080, sector=(480, 120, 1130, 810))
+PREPROCESS = {"crop": LAYOUT.crop, "size": [128, 128], "mask": "auto", "stride": 1, "on_bad_video": "fail"}
+
+
+def decode_only(path: Path, threads: int) -> tuple[int, float]:
+    """Grab every frame with OpenCV without converting it; return the frame count and seconds."""
+    cv2.setNumThreads(threads)
+    started = time.perf_counter()
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
+    count = 0
+    while capture.grab():
+        count += 1
+    capture.release()
+    return count, time.perf_counter() - started
+
+
+def frames_stage(path: Path, store: Path, threads: int) -> tuple[int, float]:
+    """Run the frames stage; return the decoded frame count and seconds."""
+    started = time.perf_counter()
+    attrs = build_store(path, store, PREPROCESS, threads=threads, video_id="benchmark")
+    return int(attrs["frame_count_decoded"]), time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=20.0, help="video length in seconds (default 20)")
+    parser.add_argument("--fps", type=float, default=30.0, help="frame rate of the video (default 30)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="decoder threads (default: all CPUs)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest counts")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="folder for the video and store; a video already there is reused (default: temporary)")
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="echoflow-bench-frames-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    frame_count = int(round(args.seconds * args.fps))
+    video = workdir / f"capture_{frame_count}f_{LAYOUT.width}x{LAYOUT.height}.mp4"
+    if not video.exists():
+        started = time.perf_counter()
+        synthetic.write_video(video, frame_count, LAYOUT, fps=args.fps, preset="veryfast", crf=23)
+        print(f"encode_seconds={time.perf_counter() - started:.1f}")
+    print(f"video={video}")
+    print(f"video_mb={video.stat().st_size / 1e6:.1f}")
+    print(f"threads={args.threads}")
+    print(f"repeats={args.repeats}")
+
+    # The machine may be shared, so each measurement is repeated alternately and the fastest run counts.
+    store = workdir / "store.h5"
+    decode_seconds = stage_seconds = float("inf")
+    for _ in range(args.repeats):
+        decoded, seconds = decode_only(video, args.threads)
+        decode_seconds = min(decode_seconds, seconds)
+        stage_frames, seconds = frames_stage(video, store, args.threads)
+        stage_seconds = min(stage_seconds, seconds)
+    if stage_frames != decoded:
+        print(f"warning: OpenCV decoded {decoded} frames, the frames stage {stage_frames}", file=sys.stderr)
+
+    with h5py.File(store, "r") as handle:
+        stored = handle["frames"]
+        float32_bytes = stored.size * 4
+    store_bytes = store.stat().st_size
+    decode_fps = decoded / decode_seconds
+    stage_fps = stage_frames / stage_seconds
+    print(f"frames={decoded}")
+    print(f"decode_only_fps={decode_fps:.1f}")
+    print(f"frames_stage_fps={stage_fps:.1f}")
+    print(f"store_mb={store_bytes / 1e6:.2f}")
+    print(f"float32_mb={float32_bytes / 1e6:.2f}")
+    print(f"decode_ratio={stage_fps / decode_fps:.3f}")
+    print(f"size_ratio={store_bytes / float32_bytes:.3f}")
+
+
+if __name__ == "__main__":
+    main()

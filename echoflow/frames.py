@@ -1,0 +1,421 @@
+"""Build per-video HDF5 frame stores: grayscale, cropped to the ultrasound box, resized and masked.
+
+A store ``results/frames/{video_id}.h5`` contains
+
+- ``frames`` uint8 [N, H, W]: the kept frames (every ``stride``-th decoded frame), pixels outside the
+  sector mask set to 0;
+- ``timestamps_ms`` float64 [N]: the decoder's presentation time of each kept frame;
+- ``mask`` uint8 [H, W]: 1 inside the sector, at the stored size;
+
+and attributes that describe the source video, the settings and the outcome (``status``, ``reason``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import h5py
+import numpy as np
+
+import echoflow
+from echoflow.atomic import atomic_output
+from echoflow.video import DecodeStats, VideoError, VideoInfo, iter_frames, luma, open_video
+
+log = logging.getLogger(__name__)
+
+COMPRESSION = "gzip"
+COMPRESSION_LEVEL = 1  # gzip level 1 is about as small as level 4-6 on these frames and faster to write.
+FRAMES_PER_CHUNK = 1  # One frame per chunk, so reading a clip decompresses only the frames it needs.
+WRITE_BATCH = 64  # Frames collected before one write to HDF5.
+
+# Auto crop and auto mask: a pixel belongs to the ultrasound picture when its value spans more than this many
+# grey levels (of 255) over the video. Compression noise on static screen content stays below it.
+CHANGE_THRESHOLD = 12
+# Auto crop looks at every CROP_SCAN_STEP-th pixel in each direction, which keeps the first pass cheap.
+CROP_SCAN_STEP = 4
+
+# Expand limited-range luma (16-235) to 0-255, so stored values match a full-range grayscale conversion.
+LIMITED_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ``preprocess`` configuration, with defaults filled in."""
+
+    crop: dict | str = "auto"
+    size: tuple[int, int] = (128, 128)
+    mask: str | list = "auto"
+    stride: int = 1
+    on_bad_video: str = "fail"
+
+    @classmethod
+    def from_config(cls, preprocess: dict) -> "Settings":
+        """Read the ``preprocess`` section of the configuration."""
+        size = preprocess.get("size", [128, 128])
+        return cls(crop=preprocess.get("crop", "auto"), size=(int(size[0]), int(size[1])),
+                   mask=preprocess.get("mask", "auto"), stride=int(preprocess.get("stride", 1)),
+                   on_bad_video=preprocess.get("on_bad_video", "fail"))
+
+    def as_json(self) -> str:
+        """Return the settings as the JSON string stored in the ``preprocess`` attribute."""
+        return json.dumps({"crop": self.crop, "size": list(self.size), "mask": self.mask, "stride": self.stride,
+                           "on_bad_video": self.on_bad_video}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Box:
+    """A crop box in source pixels."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+
+    def fits(self, width: int, height: int) -> bool:
+        """Return whether the box lies inside a width x height picture."""
+        return self.x + self.width <= width and self.y + self.height <= height
+
+
+# Crop box and mask.
+
+def find_crop_box(path: str | Path, threads: int = 1) -> Box:
+    """Return the bounding box of the largest region of pixels that change over the video.
+
+    Decodes the whole video once and follows the minimum and maximum of every CROP_SCAN_STEP-th pixel.
+    """
+    low = high = None
+    for _, _, frame in iter_frames(path, threads):
+        picture, _ = luma(frame)
+        sample = picture[::CROP_SCAN_STEP, ::CROP_SCAN_STEP]
+        if low is None:
+            low, high = sample.copy(), sample.copy()
+        else:
+            np.minimum(low, sample, out=low)
+            np.maximum(high, sample, out=high)
+    region = largest_region(high.astype(np.int16) - low > CHANGE_THRESHOLD)
+    if not region.any():
+        raise VideoError(f"{path}: preprocess.crop is 'auto' but no pixel changes over the video, so there is no "
+                         "ultrasound picture to find. Set preprocess.crop to {x, y, width, height}.")
+    rows = np.flatnonzero(region.any(axis=1))
+    columns = np.flatnonzero(region.any(axis=0))
+    height, width = picture.shape
+    x0 = max(0, columns[0] * CROP_SCAN_STEP - CROP_SCAN_STEP)
+    y0 = max(0, rows[0] * CROP_SCAN_STEP - CROP_SCAN_STEP)
+    x1 = min(width, (columns[-1] + 2) * CROP_SCAN_STEP)
+    y1 = min(height, (rows[-1] + 2) * CROP_SCAN_STEP)
+    return Box(int(x0), int(y0), int(x1 - x0), int(y1 - y0))
+
+
+def largest_region(binary: np.ndarray) -> np.ndarray:
+    """Return the largest 8-connected region of a bool image after removing specks (morphological opening)."""
+    opened = cv2.morphologyEx(binary.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    if count <= 1:
+        return np.zeros(binary.shape, bool)
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == largest
+
+
+def mask_from_change(change: np.ndarray) -> np.ndarray:
+    """Return the sector mask: the convex hull of the largest region whose value range exceeds CHANGE_THRESHOLD.
+
+    The hull fills dark parts of the sector that stay still and drops changing text outside the sector. When
+    nothing changes, every pixel is kept.
+    """
+    region = largest_region(change > CHANGE_THRESHOLD)
+    if not region.any():
+        log.warning("no pixel changes inside the crop box; the mask keeps every pixel")
+        return np.ones(change.shape, np.uint8)
+    points = cv2.findNonZero(region.astype(np.uint8))
+    mask = np.zeros(change.shape, np.uint8)
+    cv2.fillConvexPoly(mask, cv2.convexHull(points), 1)
+    return mask
+
+
+def polygon_mask(polygon: list, box: Box, size: tuple[int, int]) -> np.ndarray:
+    """Rasterise a polygon given in source pixels at the stored size of a frame cropped to ``box``.
+
+    The polygon is drawn at the crop box's resolution and reduced with area averaging; a stored pixel is inside
+    when at least half of it is.
+    """
+    vertices = np.array(polygon, np.float64) - (box.x, box.y)
+    shift = 4  # fillPoly takes fixed-point vertices with this many fractional bits.
+    canvas = np.zeros((box.height, box.width), np.uint8)
+    cv2.fillPoly(canvas, [np.round(vertices * (1 << shift)).astype(np.int32)], 255, cv2.LINE_8, shift)
+    reduced = cv2.resize(canvas, size, interpolation=cv2.INTER_AREA)
+    return (reduced >= 128).astype(np.uint8)
+
+
+# Decoding into small frames.
+
+def prereduce_factor(box: Box, size: tuple[int, int]) -> int:
+    """Return the integer factor by which a crop can first be reduced while staying >= twice ``size``."""
+    return max(1, min(box.width // (2 * size[0]), box.height // (2 * size[1])))
+
+
+def effective_box(box: Box, size: tuple[int, int]) -> Box:
+    """Return ``box`` trimmed at the right and bottom to a multiple of the prereduce factor.
+
+    OpenCV's area resize is about ten times faster for integer factors, so frames are reduced in two area
+    steps: by the integer factor, then to ``size``. The trim removes at most factor - 1 pixels per side.
+    """
+    factor = prereduce_factor(box, size)
+    return Box(box.x, box.y, box.width - box.width % factor, box.height - box.height % factor)
+
+
+def reduce_frame(picture: np.ndarray, full_range: bool, box: Box, size: tuple[int, int]) -> np.ndarray:
+    """Crop a grayscale picture to ``box``, resize it to ``size`` (width, height) and expand it to 0-255.
+
+    ``box`` must be an :func:`effective_box`, so that its sides are multiples of the prereduce factor.
+    """
+    cropped = picture[box.y:box.y + box.height, box.x:box.x + box.width]
+    factor = prereduce_factor(box, size)
+    if factor > 1:
+        cropped = cv2.resize(cropped, (box.width // factor, box.height // factor), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(cropped, size, interpolation=cv2.INTER_AREA)
+    return small if full_range else cv2.LUT(small, LIMITED_TO_FULL)
+
+
+def _check_box(path: Path, box: Box, width: int, height: int, settings: Settings) -> None:
+    if not box.fits(width, height):
+        raise VideoError(
+            f"{path}: frame size {width}x{height} is smaller than the crop box x={box.x}, y={box.y}, "
+            f"width={box.width}, height={box.height} (preprocess.crop {settings.crop}). Set preprocess.crop to a "
+            "box inside the frame or to 'auto'.")
+
+
+def reduced_frames(path: Path, box: Box, settings: Settings, threads: int,
+                   stats: DecodeStats) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(timestamp_ms, small frame)`` for every kept frame, preprocessing in a worker thread.
+
+    The worker overlaps cropping and resizing with decoding and holds at most a few frames in flight.
+    """
+    pending: queue.Queue = queue.Queue(maxsize=8)
+    done = object()
+    stop = threading.Event()
+
+    def decode() -> None:
+        checked_shape = None
+        try:
+            for index, timestamp_ms, frame in iter_frames(path, threads, stats):
+                if stop.is_set():
+                    return
+                if index % settings.stride:
+                    continue
+                picture, full_range = luma(frame)
+                if picture.shape != checked_shape:
+                    _check_box(path, box, picture.shape[1], picture.shape[0], settings)
+                    checked_shape = picture.shape
+                pending.put((timestamp_ms, reduce_frame(picture, full_range, box, settings.size)))
+            pending.put(done)
+        except BaseException as error:  # Handed to the consumer, which raises it.
+            pending.put(error)
+
+    worker = threading.Thread(target=decode, name="decode", daemon=True)
+    worker.start()
+    try:
+        while (item := pending.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        # Stop the worker and unblock it if the consumer stops early.
+        stop.set()
+        while worker.is_alive():
+            try:
+                pending.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
+
+
+# Writing the store.
+
+def _create_datasets(store: h5py.File, size: tuple[int, int]) -> tuple[h5py.Dataset, h5py.Dataset]:
+    width, height = size
+    frames = store.create_dataset("frames", shape=(0, height, width), maxshape=(None, height, width),
+                                  dtype=np.uint8, chunks=(FRAMES_PER_CHUNK, height, width),
+                                  compression=COMPRESSION, compression_opts=COMPRESSION_LEVEL, shuffle=False)
+    timestamps = store.create_dataset("timestamps_ms", shape=(0,), maxshape=(None,), dtype=np.float64,
+                                      chunks=(4096,))
+    return frames, timestamps
+
+
+def _append(dataset: h5py.Dataset, block: np.ndarray) -> None:
+    start = dataset.shape[0]
+    dataset.resize(start + len(block), axis=0)
+    dataset[start:] = block
+
+
+class _Spill:
+    """Unmasked frames kept in a temporary file until the auto mask is known."""
+
+    def __init__(self, folder: Path, size: tuple[int, int]):
+        self.file = tempfile.TemporaryFile(dir=folder, prefix=".frames-spill-")
+        self.frame_bytes = size[0] * size[1]
+        self.shape = (size[1], size[0])
+        self.count = 0
+
+    def write(self, block: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(block).tobytes())
+        self.count += len(block)
+
+    def blocks(self, frames_per_block: int) -> Iterator[np.ndarray]:
+        self.file.seek(0)
+        for start in range(0, self.count, frames_per_block):
+            count = min(frames_per_block, self.count - start)
+            data = self.file.read(count * self.frame_bytes)
+            yield np.frombuffer(data, np.uint8).reshape(count, *self.shape)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def write_frames(store: h5py.File, path: Path, settings: Settings, threads: int) -> dict:
+    """Decode ``path`` into the datasets of an open store and return attributes describing the result."""
+    started = time.perf_counter()
+    container, _, info = open_video(path, threads)
+    container.close()
+    try:
+        if settings.crop == "auto":
+            box = find_crop_box(path, threads)
+            log.info("auto crop box: %s", box)
+        else:
+            box = Box(**{key: int(settings.crop[key]) for key in ("x", "y", "width", "height")})
+        _check_box(path, box, info.width, info.height, settings)
+    except VideoError as error:
+        error.info = error.info or info
+        raise
+    box = effective_box(box, settings.size)
+
+    width, height = settings.size
+    if settings.mask == "none":
+        mask = np.ones((height, width), np.uint8)
+    elif settings.mask == "auto":
+        mask = None
+    else:
+        mask = polygon_mask(settings.mask, box, settings.size)
+    frames, timestamps = _create_datasets(store, settings.size)
+    spill = _Spill(Path(store.filename).parent, settings.size) if mask is None else None
+    low = np.full((height, width), 255, np.uint8)
+    high = np.zeros((height, width), np.uint8)
+    stats = DecodeStats()
+    batch: list[np.ndarray] = []
+    times: list[float] = []
+    try:
+        for timestamp_ms, small in reduced_frames(path, box, settings, threads, stats):
+            times.append(timestamp_ms)
+            batch.append(small)
+            if len(batch) == WRITE_BATCH:
+                _flush(batch, frames, spill, mask, low, high)
+        _flush(batch, frames, spill, mask, low, high)
+        if spill is not None:
+            mask = mask_from_change(high.astype(np.int16) - low)
+            for block in spill.blocks(WRITE_BATCH):
+                _append(frames, block * mask)
+    except VideoError as error:
+        error.info = error.info or info
+        error.frames_decoded = error.frames_decoded or stats.frames_decoded
+        raise
+    finally:
+        if spill is not None:
+            spill.close()
+    timestamps.resize(len(times), axis=0)
+    timestamps[:] = np.asarray(times, np.float64)
+    store.create_dataset("mask", data=mask)
+    seconds = time.perf_counter() - started
+    log.info("%s: %d frames decoded, %d kept, %.1f s (%.0f frames/s)", path, stats.frames_decoded, len(times),
+             seconds, stats.frames_decoded / max(seconds, 1e-9))
+    attrs = info.as_attrs()
+    attrs.update(frame_count_decoded=stats.frames_decoded, corrupt_frames=stats.corrupt_frames,
+                 pixel_formats=",".join(sorted(stats.pixel_formats)),
+                 crop_box=[box.x, box.y, box.width, box.height], decode_seconds=seconds)
+    return attrs
+
+
+def _flush(batch: list, frames: h5py.Dataset, spill: _Spill | None, mask: np.ndarray | None,
+           low: np.ndarray, high: np.ndarray) -> None:
+    """Write the batched frames (masked, or unmasked to the spill file) and update the value range."""
+    if not batch:
+        return
+    block = np.stack(batch)
+    batch.clear()
+    if spill is None:
+        _append(frames, block * mask)
+        return
+    np.minimum(low, block.min(axis=0), out=low)
+    np.maximum(high, block.max(axis=0), out=high)
+    spill.write(block)
+
+
+def _write_excluded(store: h5py.File, video: Path, settings: Settings, error: VideoError) -> dict:
+    _create_datasets(store, settings.size)
+    width, height = settings.size
+    store.create_dataset("mask", data=np.zeros((height, width), np.uint8))
+    if error.info is not None:
+        attrs = error.info.as_attrs()
+    else:
+        attrs = VideoInfo(path=str(video), source_size=-1, source_mtime=float("nan")).as_attrs()
+    attrs.update(frame_count_decoded=error.frames_decoded, crop_box=[-1, -1, -1, -1])
+    return attrs
+
+
+def build_store(video: str | Path, output: str | Path, preprocess: dict, threads: int = 1,
+                video_id: str = "") -> dict:
+    """Decode ``video`` into the frame store ``output`` and return the store's attributes.
+
+    Raises:
+        VideoError: the video cannot be used and ``preprocess.on_bad_video`` is "fail". With "exclude" an
+            excluded store (no frames, status "excluded", the error as reason) is written instead.
+    """
+    video = Path(video)
+    settings = Settings.from_config(preprocess)
+    cv2.setNumThreads(max(1, threads))
+    with atomic_output(output) as temporary:
+        try:
+            with h5py.File(temporary, "w") as store:
+                attrs = write_frames(store, video, settings, threads)
+                attrs.update(status="ok", reason="")
+                _set_attrs(store, attrs, settings, video_id)
+        except VideoError as error:
+            if settings.on_bad_video != "exclude":
+                raise
+            log.warning("excluded %s: %s", video, error)
+            with h5py.File(temporary, "w") as store:
+                attrs = _write_excluded(store, video, settings, error)
+                attrs.update(status="excluded", reason=str(error))
+                _set_attrs(store, attrs, settings, video_id)
+    return attrs
+
+
+def _set_attrs(store: h5py.File, attrs: dict, settings: Settings, video_id: str) -> None:
+    attrs = dict(attrs)
+    attrs["source_path"] = attrs.pop("path", "")
+    attrs.update(video_id=video_id, preprocess=settings.as_json(), echoflow_version=echoflow.__version__)
+    for key, value in attrs.items():
+        store.attrs[key] = value
+
+
+def open_store(path: str | Path) -> h5py.File:
+    """Open a frame store read-only.
+
+    File locking is off because stores never change after the rename that publishes them; HDF5's locks fail
+    on some cluster file systems (see docs/frames.md).
+    """
+    return h5py.File(path, "r", locking=False)
+
+
+def read_timestamps(path: str | Path) -> tuple[np.ndarray, dict]:
+    """Return a store's ``timestamps_ms`` and its attributes, without reading the frames."""
+    with open_store(path) as store:
+        return store["timestamps_ms"][:], dict(store.attrs)
