@@ -17,6 +17,12 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# HDF5 locks every file it opens, and that lock fails on many network file systems (NFS, Lustre) with
+# "unable to lock file". Jobs inherit this variable, also on SLURM (sbatch --export=ALL), and a value
+# exported before the run is kept. Outputs are written under a temporary name and renamed, so no job
+# reads an HDF5 file while another writes it.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
 
 # The defaults; a --configfile given on the command line is merged over them.
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
