@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import json
@@ -26,34 +25,16 @@ from echoflow import checkpoint
 from echoflow.atomic import atomic_output
 from echoflow.augment import Augmentation, augment_batch
 from echoflow.models import build, count_parameters
+from echoflow.training_settings import resolve_settings
 
 log = logging.getLogger("echoflow.training")
 
-# Values used for keys an experiment in config/config.yaml leaves out.
-DEFAULT_SETTINGS = {
-    "model_args": {},
-    "sampling": "default",
-    "optimizer": "adam",
-    "learning_rate": 0.001,
-    "momentum": 0.9,
-    "weight_decay": 0.0001,
-    "batch_size": 32,
-    "max_epochs": 4,
-    "patience": 2,
-    "augment": True,
-    "seed": 0,
-}
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds"]
 # Classes whose counts differ by more than this factor get a class-weighted loss even without balance "weights".
 IMBALANCE_RATIO = 1.5
 RESUME_FORMAT = 1
-
-
-def resolve_settings(settings: dict) -> dict:
-    """Return an experiment's settings with every key the training reads, defaults filled in."""
-    resolved = copy.deepcopy(DEFAULT_SETTINGS)
-    resolved.update(copy.deepcopy(settings))
-    return resolved
+# Training clips used to re-estimate batch-norm statistics after each epoch.
+BATCH_NORM_CLIPS = 512
 
 
 @dataclasses.dataclass
@@ -196,6 +177,31 @@ def train_one_epoch(model: torch.nn.Module, segments: SegmentSet, context: Conte
         progress.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
     progress.close()
     return total_loss / max(seen, 1), correct / max(seen, 1)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, segments: SegmentSet, context: Context,
+                           max_clips: int = BATCH_NORM_CLIPS) -> None:
+    """Replace batch-norm running statistics by their average over up to ``max_clips`` training clips.
+
+    The running averages kept during an epoch trail the weights, which change fast in short runs; a model
+    evaluated with them can predict one class for every clip although training-mode accuracy is high.
+    The clips are read in file order without augmentation, so the result is deterministic.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers or len(segments) == 0:
+        return
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # None makes the running statistics a cumulative average.
+    model.train()
+    subset = dataclasses.replace(segments, clips=segments.clips[:max_clips], labels=segments.labels[:max_clips])
+    for clips, _ in iterate_batches(subset, context.batch_size, context.device):
+        with context.autocast():
+            model(clips)
+    for layer, momentum in zip(layers, momenta):
+        layer.momentum = momentum
 
 
 @torch.no_grad()
@@ -413,6 +419,7 @@ def _train(job: TrainingJob, settings: dict, train: SegmentSet, val: SegmentSet,
         epoch = progress.epoch + 1
         started = time.perf_counter()
         train_loss, train_accuracy = train_one_epoch(model, train, context, f"epoch {epoch}/{settings['max_epochs']}")
+        recalibrate_batch_norm(model, train, context)
         val_loss, val_accuracy = evaluate(model, val, context, context.val_weights)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_accuracy, "val_loss": val_loss,
                "val_accuracy": val_accuracy, "learning_rate": context.optimizer.param_groups[0]["lr"],

@@ -30,7 +30,8 @@ class SqueezeNet(nn.Module):
     """SqueezeNet 1.1; input [B, 1, K, H, W], output logits [B, num_classes].
 
     ``width_mult`` scales every channel count (1.0 is the published network). The classifier is a 1x1
-    convolution followed by ReLU and global average pooling, as published, so logits are never negative.
+    convolution and global average pooling as published, but without the ReLU between them: with two
+    classes that ReLU can clamp both logits to zero for every input, which stops the gradient.
     """
 
     def __init__(self, frames_per_clip: int, num_classes: int = 2, width_mult: float = 1.0, dropout: float = 0.5):
@@ -52,8 +53,7 @@ class SqueezeNet(nn.Module):
             channels = expand1x1 + expand3x3
         self.features = nn.Sequential(*layers)
         self.final_conv = nn.Conv2d(channels, num_classes, 1)
-        self.classifier = nn.Sequential(nn.Dropout(dropout), self.final_conv, nn.ReLU(inplace=True),
-                                        nn.AdaptiveAvgPool2d(1))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), self.final_conv, nn.AdaptiveAvgPool2d(1))
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 if module is self.final_conv:
