@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from echoflow.timeline import window_indices
+
 log = logging.getLogger("echoflow.latency")
 
 Runner = Callable[[np.ndarray], np.ndarray]
@@ -100,12 +102,6 @@ def time_runner(run: Runner, clip: np.ndarray, repeats: int, warmup: int = 10) -
         times[index] = (time.perf_counter_ns() - start) / 1e6
     return {"median_ms": float(np.median(times)), "p95_ms": float(np.percentile(times, 95)),
             "mean_ms": float(times.mean()), "min_ms": float(times.min()), "repeats": int(repeats)}
-
-
-def window_indices(frame: int, frames_per_clip: int, stride: int) -> np.ndarray:
-    """Return the K stored-frame indices of the window that ends at ``frame``, clamped at the first frame."""
-    offsets = (np.arange(frames_per_clip) - (frames_per_clip - 1)) * stride
-    return np.maximum(frame + offsets, 0)
 
 
 def stream_throughput(run: Runner, frames: np.ndarray, frames_per_clip: int, stride: int) -> dict:

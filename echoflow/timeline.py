@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from echoflow import via
-from echoflow.latency import window_indices
 from echoflow.metrics import softmax_positive
 
 log = logging.getLogger("echoflow.timeline")
@@ -54,6 +53,12 @@ class VideoTimeline:
     predicted: list[Interval]
     annotated: list[Interval]
     scores: dict = field(default_factory=dict)
+
+
+def window_indices(frame: int, frames_per_clip: int, stride: int) -> np.ndarray:
+    """Return the K stored-frame indices of the window that ends at ``frame``, clamped at the first frame."""
+    offsets = (np.arange(frames_per_clip) - (frames_per_clip - 1)) * stride
+    return np.maximum(frame + offsets, 0)
 
 
 def sliding_probabilities(forward: Callable[[np.ndarray], np.ndarray], frames: h5py.Dataset | np.ndarray,
