@@ -132,3 +132,57 @@ def segment_sets(wildcards=None):
 def segment_summaries(wildcards=None):
     """List results/segments/<sampling>/summary.tsv of every used sampling."""
     return [f"results/segments/{sampling}/summary.tsv" for sampling in used_samplings()]
+
+
+# Evaluation and report.
+
+
+def evaluation_config():
+    """Return the evaluation section with the defaults of config/config.yaml filled in."""
+    section = dict(config.get("evaluation") or {})
+    timeline = {"smooth_s": 1.0, "threshold": 0.5, "min_interval_s": 1.0, "min_iou": 0.3}
+    timeline.update(section.get("timeline") or {})
+    defaults = {"seed": 0, "bootstrap": 1000, "latency_repeats": 200, "latency_threads": 1, "select_metric": "val_loss"}
+    return {**defaults, **section, "timeline": timeline}
+
+
+EVALUATION = evaluation_config()
+
+
+def ok_frame_stores(wildcards):
+    """Return the frame store of every ok video; the scripts pick the test videos after the split."""
+    return [f"results/frames/{video_id}.h5" for video_id in ok_video_ids()]
+
+
+def timeline_inputs(wildcards):
+    """Return the model, manifest, split table, and the frame stores and labels of every ok video."""
+    video_ids = ok_video_ids()
+    return {
+        "model": f"results/models/{wildcards.experiment}/model.pt",
+        "manifest": "results/manifest.tsv",
+        "splits": "results/splits.tsv",
+        "frames": [f"results/frames/{video_id}.h5" for video_id in video_ids],
+        "labels": [f"results/labels/{video_id}.tsv" for video_id in video_ids],
+        "intervals": [f"results/labels/{video_id}.intervals.tsv" for video_id in video_ids],
+    }
+
+
+def report_inputs(wildcards):
+    """Return every file the report reads, grouped as the report script expects."""
+    samplings = used_samplings()
+    return {
+        "manifest": "results/manifest.tsv",
+        "ignored": "results/qc/ignored_files.tsv",
+        "annotations": "results/qc/annotations.tsv",
+        "videos": "results/qc/videos.tsv",
+        "splits": "results/splits.tsv",
+        "summaries": [f"results/segments/{sampling}/summary.tsv" for sampling in samplings],
+        "samples": [f"results/segments/{sampling}/train.h5" for sampling in samplings],
+        "metrics": expand("results/eval/{experiment}/metrics.json", experiment=EXPERIMENTS),
+        "predictions": expand("results/eval/{experiment}/predictions.tsv", experiment=EXPERIMENTS),
+        "histories": expand("results/models/{experiment}/history.tsv", experiment=EXPERIMENTS),
+        "timelines": expand("results/eval/{experiment}/timelines.tsv", experiment=EXPERIMENTS),
+        "traces": expand("results/eval/{experiment}/timelines.npz", experiment=EXPERIMENTS),
+        "selection": "results/best_model/selection.tsv",
+        "best_readme": "results/best_model/README.txt",
+    }

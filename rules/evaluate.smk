@@ -2,35 +2,6 @@
 # test videos, and pick the best experiment on the validation split.
 
 
-def evaluation_config():
-    """Return the evaluation section with the defaults of config/config.yaml filled in."""
-    section = dict(config.get("evaluation") or {})
-    timeline = {"smooth_s": 1.0, "threshold": 0.5, "min_interval_s": 1.0, "min_iou": 0.3}
-    timeline.update(section.get("timeline") or {})
-    defaults = {"seed": 0, "bootstrap": 1000, "latency_repeats": 200, "latency_threads": 1, "select_metric": "val_loss"}
-    return {**defaults, **section, "timeline": timeline}
-
-
-EVALUATION = evaluation_config()
-
-
-def ok_frame_stores(wildcards):
-    """Return the frame store of every ok video; the scripts pick the test videos after the split."""
-    return [f"results/frames/{video_id}.h5" for video_id in ok_video_ids()]
-
-
-def timeline_inputs(wildcards):
-    video_ids = ok_video_ids()
-    return {
-        "model": f"results/models/{wildcards.experiment}/model.pt",
-        "manifest": "results/manifest.tsv",
-        "splits": "results/splits.tsv",
-        "frames": [f"results/frames/{video_id}.h5" for video_id in video_ids],
-        "labels": [f"results/labels/{video_id}.tsv" for video_id in video_ids],
-        "intervals": [f"results/labels/{video_id}.intervals.tsv" for video_id in video_ids],
-    }
-
-
 rule export:
     input:
         model="results/models/{experiment}/model.pt",
