@@ -89,6 +89,7 @@ class VideoInput:
     participant: str
     frames_path: Path
     labels_path: Path
+    intervals_path: Path | None = None
 
 
 def stable_seed(*parts: str | int) -> int:
@@ -144,20 +145,40 @@ def window_starts(start: int, end: int, sampling: Sampling, rng: np.random.Gener
     return [(start + offset, sampling.frames_per_clip) for offset in offsets]
 
 
+def annotated_name(start: int, end: int, annotated: list[tuple[int, int, str]] | None, number: int) -> str:
+    """Name the 4CV run [start, end) after the first annotated interval that overlaps it.
+
+    Args:
+        annotated: (start_frame, end_frame, name) of the labelled intervals, or None to name runs "4CV-<number>".
+    """
+    if annotated is None:
+        return f"4CV-{number}"
+    for first, last, name in annotated:
+        if first < end and last > start:
+            return name
+    raise SegmentError(f"4CV frames {start}-{end - 1} lie in no kept or clipped interval of the interval table. "
+                       "Rebuild the labels with the labels rule.")
+
+
 def plan_video(video_id: str, participant: str, labels: np.ndarray, frame_interval_ms: float,
-               sampling: Sampling) -> list[Clip]:
+               sampling: Sampling, annotated: list[tuple[int, int, str]] | None = None) -> list[Clip]:
     """List the clips of one video, 4CV and background, in frame order.
 
     Args:
         labels: per stored frame, 1 for 4CV and 0 for background.
         frame_interval_ms: time between stored frames, which converts max_background_s to frames.
+        annotated: (start_frame, end_frame exclusive, name) of the annotated intervals, which name the 4CV
+            clips; None names them by the order of the 4CV runs.
     """
     rng = np.random.default_rng([sampling.seed, stable_seed(video_id)])
     max_gap_frames = max(1, int(round(sampling.max_background_s * 1000.0 / frame_interval_ms)))
     clips: list[Clip] = []
     counters = {0: 0, 1: 0}
     for start, end, label in label_runs(labels):
-        name = f"{'4CV' if label == 1 else 'bg'}-{counters[label]}"
+        if label == 1:
+            name = annotated_name(start, end, annotated, counters[1])
+        else:
+            name = f"bg-{counters[0]}"
         counters[label] += 1
         if label == 0:
             start, end = central_part(start, end, max_gap_frames)
@@ -202,6 +223,18 @@ def read_labels(path: Path, n_frames: int, frames_path: Path) -> np.ndarray:
     return labels.astype(np.uint8)
 
 
+def read_annotated(path: Path | None) -> list[tuple[int, int, str]] | None:
+    """Read (start_frame, end_frame, interval) of the kept and clipped rows of an interval table."""
+    if path is None:
+        return None
+    table = pd.read_csv(path, sep="\t", dtype={"interval": str, "status": str}, keep_default_na=False)
+    missing = {"interval", "start_frame", "end_frame", "status"} - set(table.columns)
+    if missing:
+        raise SegmentError(f"{path}: missing columns {sorted(missing)}. Rebuild the labels with the labels rule.")
+    used = table[table["status"].isin(["kept", "clipped"])]
+    return [(int(row.start_frame), int(row.end_frame), str(row.interval)) for row in used.itertuples()]
+
+
 def frame_interval_ms(store: h5py.File) -> float:
     """Return the median time between stored frames, from timestamps_ms or else the fps attribute."""
     timestamps = store["timestamps_ms"][:] if "timestamps_ms" in store else np.empty(0)
@@ -236,7 +269,8 @@ def plan_split(videos: list[VideoInput], sampling: Sampling, split: str) -> tupl
                                    f"are {frame_shape[1]}x{frame_shape[0]}. Rebuild all frame stores.")
             frame_shape = shape
             labels = read_labels(video.labels_path, frames.shape[0], video.frames_path)
-            planned = plan_video(video.video_id, video.participant, labels, frame_interval_ms(store), sampling)
+            planned = plan_video(video.video_id, video.participant, labels, frame_interval_ms(store), sampling,
+                                 read_annotated(video.intervals_path))
         log.info("%s: %d 4CV and %d background clips", video.video_id,
                  sum(clip.label for clip in planned), sum(1 - clip.label for clip in planned))
         clips += planned

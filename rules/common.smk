@@ -98,11 +98,12 @@ def video_participants(wildcards):
 
 
 def segment_inputs(wildcards):
-    """Return the frame stores and label tables of every ok video, and the split table."""
+    """Return the frame stores, label and interval tables of every ok video, and the split table."""
     video_ids = ok_video_ids()
     return {
         "frames": [f"results/frames/{video_id}.h5" for video_id in video_ids],
         "labels": [f"results/labels/{video_id}.tsv" for video_id in video_ids],
+        "intervals": [f"results/labels/{video_id}.intervals.tsv" for video_id in video_ids],
         "splits": "results/splits.tsv",
     }
 

@@ -30,7 +30,20 @@ def write_store(folder: Path, video_id: str, labels, status="ok", seed=0) -> Vid
     rows = labels if status == "ok" else labels[:0]
     pd.DataFrame({"frame": np.arange(len(rows)), "timestamp_ms": np.arange(len(rows)) * FRAME_MS,
                   "label": rows}).to_csv(labels_path, sep="\t", index=False)
-    return VideoInput(video_id, video_id.split("_")[0], frames_path, labels_path)
+    intervals_path = folder / f"{video_id}.intervals.tsv"
+    intervals = [(start, end) for start, end, label in label_runs(rows) if label == 1]
+    write_intervals(intervals_path, [(f"4CV-{i}", start, end, "kept") for i, (start, end) in enumerate(intervals)])
+    return VideoInput(video_id, video_id.split("_")[0], frames_path, labels_path, intervals_path)
+
+
+def write_intervals(path: Path, rows):
+    """Write an interval table from (interval, start_frame, end_frame, status) rows."""
+    table = pd.DataFrame(rows, columns=["interval", "start_frame", "end_frame", "status"])
+    table["start_s"] = table["start_frame"] * FRAME_MS / 1000
+    table["end_s"] = table["end_frame"] * FRAME_MS / 1000
+    table["note"] = ""
+    table[["interval", "start_s", "end_s", "start_frame", "end_frame", "status", "note"]].to_csv(
+        path, sep="\t", index=False)
 
 
 def runs(*pieces):
@@ -236,3 +249,22 @@ def test_summary_counts(videos, tmp_path):
 def test_label_runs():
     assert label_runs(np.array([0, 0, 1, 1, 1, 0])) == [(0, 2, 0), (2, 5, 1), (5, 6, 0)]
     assert label_runs(np.array([], dtype=np.uint8)) == []
+
+
+def test_4cv_clips_named_after_annotation(tmp_path):
+    video = write_store(tmp_path, "P1_T1", runs((0, 100), (1, 40), (0, 100), (1, 40), (0, 100)))
+    # The first annotated interval lay outside the video, so the runs are intervals 4CV-1 and 4CV-2.
+    write_intervals(video.intervals_path, [("4CV-0", 340, 340, "excluded"), ("4CV-1", 100, 140, "kept"),
+                                           ("4CV-2", 240, 280, "clipped")])
+    build([video], sampling(), tmp_path / "train.h5", members=["P1"])
+    result = read_set(tmp_path / "train.h5")
+    names = {name for name, label in zip(result["interval"], result["labels"]) if label == 1}
+    assert names == {"4CV-1", "4CV-2"}
+    assert {name for name, label in zip(result["interval"], result["labels"]) if label == 0} == {"bg-0", "bg-1", "bg-2"}
+
+
+def test_4cv_run_outside_intervals_rejected(tmp_path):
+    video = write_store(tmp_path, "P1_T1", runs((0, 100), (1, 40), (0, 100)))
+    write_intervals(video.intervals_path, [("4CV-0", 0, 20, "kept")])
+    with pytest.raises(SegmentError, match="4CV frames 100-139 lie in no kept or clipped interval"):
+        build([video], sampling(), tmp_path / "train.h5", members=["P1"])

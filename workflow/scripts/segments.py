@@ -12,8 +12,8 @@ split = snakemake.wildcards.split
 sampling = Sampling.from_config(snakemake.params.sampling)
 participants = snakemake.params.videos
 videos = [
-    VideoInput(Path(frames).stem, participants[Path(frames).stem], Path(frames), Path(labels))
-    for frames, labels in zip(snakemake.input.frames, snakemake.input.labels)
+    VideoInput(Path(frames).stem, participants[Path(frames).stem], Path(frames), Path(labels), Path(intervals))
+    for frames, labels, intervals in zip(snakemake.input.frames, snakemake.input.labels, snakemake.input.intervals)
 ]
 splits = pd.read_csv(snakemake.input.splits, sep="\t", dtype=str, keep_default_na=False)
 members = set(splits.loc[splits["split"] == split, "participant"])
