@@ -26,6 +26,7 @@ from typing import Iterator
 import cv2
 import h5py
 import numpy as np
+import pandas as pd
 
 import echoflow
 from echoflow.atomic import atomic_output
@@ -191,7 +192,7 @@ def _check_box(path: Path, box: Box, width: int, height: int, settings: Settings
         raise VideoError(
             f"{path}: frame size {width}x{height} is smaller than the crop box x={box.x}, y={box.y}, "
             f"width={box.width}, height={box.height} (preprocess.crop {settings.crop}). Set preprocess.crop to a "
-            "box inside the frame or to 'auto'.")
+            "box inside the frame or to 'auto', or set preprocess.on_bad_video: exclude to skip this video.")
 
 
 def reduced_frames(path: Path, box: Box, settings: Settings, threads: int,
@@ -419,3 +420,50 @@ def read_timestamps(path: str | Path) -> tuple[np.ndarray, dict]:
     """Return a store's ``timestamps_ms`` and its attributes, without reading the frames."""
     with open_store(path) as store:
         return store["timestamps_ms"][:], dict(store.attrs)
+
+
+# Decoding QC over all stores.
+
+QC_COLUMNS = ["video_id", "status", "reason", "stage", "frames_decoded", "frames_stored", "duration_s", "fps",
+              "width", "height", "frame_count_header", "corrupt_frames", "crop_box", "video"]
+
+
+def store_summary(path: str | Path) -> dict:
+    """Return one QC row describing a frame store."""
+    with open_store(path) as store:
+        attrs = store.attrs
+        timestamps = store["timestamps_ms"][:]
+        fps = float(attrs.get("fps", float("nan")))
+        if len(timestamps):
+            # The last frame lasts one frame period, so it counts towards the duration.
+            duration_s = (timestamps[-1] - timestamps[0]) / 1000 + (1 / fps if fps > 0 else 0.0)
+        else:
+            duration_s = float("nan")
+        return {"status": str(attrs.get("status", "")), "reason": str(attrs.get("reason", "")), "stage": "frames",
+                "frames_decoded": int(attrs.get("frame_count_decoded", 0)), "frames_stored": len(timestamps),
+                "duration_s": round(float(duration_s), 3), "fps": round(fps, 3),
+                "width": int(attrs.get("width", 0)), "height": int(attrs.get("height", 0)),
+                "frame_count_header": int(attrs.get("frame_count_header", 0)),
+                "corrupt_frames": int(attrs.get("corrupt_frames", 0)),
+                "crop_box": " ".join(str(int(v)) for v in attrs.get("crop_box", []))}
+
+
+def video_qc_table(manifest: str | Path, stores: list[str | Path]) -> pd.DataFrame:
+    """Return one row per manifest video: its status after discovery and, for ok videos, after decoding.
+
+    A store is matched to its video by file name (``{video_id}.h5``). Videos excluded by the manifest have
+    stage "manifest" and no decoding figures.
+    """
+    table = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    by_id = {Path(path).stem: path for path in stores}
+    rows = []
+    for entry in table.itertuples(index=False):
+        row = {"video_id": entry.video_id, "video": entry.video}
+        if entry.status != "ok":
+            row.update(status=entry.status, reason=entry.reason, stage="manifest")
+        elif entry.video_id in by_id:
+            row.update(store_summary(by_id[entry.video_id]))
+        else:
+            row.update(status="missing", reason="no frame store was given for this ok video", stage="frames")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=QC_COLUMNS)

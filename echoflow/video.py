@@ -105,11 +105,13 @@ def open_video(path: str | Path, threads: int = 1):
     if stream.start_time is not None and stream.time_base is not None:
         info.start_time_s = float(stream.start_time * stream.time_base)
     if not stream.average_rate:
+        # Read the stream before closing: PyAV 18 crashes on stream attributes of a closed container.
+        guessed_rate = stream.guessed_rate
         container.close()
         raise VideoError(
             f"{path}: the container gives no frame rate (average rate missing; the guessed rate would be "
-            f"{stream.guessed_rate}). Remux the video into MP4 with a constant frame rate, for example "
-            f"'ffmpeg -i IN -c copy OUT.mp4'. {BAD_VIDEO_HINT}", info)
+            f"{guessed_rate}). Remux the video into MP4, which records the frame rate, for "
+            f"example with 'ffmpeg -i IN -c copy OUT.mp4'. {BAD_VIDEO_HINT}", info)
     info.fps = float(stream.average_rate)
     stream.thread_type = "AUTO"
     stream.thread_count = max(1, int(threads))
