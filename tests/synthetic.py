@@ -194,6 +194,15 @@ def truncate(source: str | Path, target: str | Path, fraction: float = 0.5) -> P
     return Path(target)
 
 
+def truncate_at_packet(source: str | Path, target: str | Path, packet_index: int) -> Path:
+    """Copy ``source`` up to the start of its video packet ``packet_index``, so the stream ends cleanly early."""
+    with av.open(str(source)) as container:
+        positions = [packet.pos for packet in container.demux(video=0) if packet.dts is not None]
+    data = Path(source).read_bytes()
+    Path(target).write_bytes(data[:positions[packet_index]])
+    return Path(target)
+
+
 def remux(source: str | Path, target: str | Path, container_format: str | None = None,
           keep=lambda packet: True) -> Path:
     """Copy the packets of the video stream of ``source`` for which ``keep(packet)`` is true into ``target``.

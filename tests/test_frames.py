@@ -174,6 +174,9 @@ def make_bad(kind, folder, good):
     elif kind == "truncated":
         source = synthetic.write_video(folder / "long.mp4", 150, LAYOUT, faststart=True)
         synthetic.truncate(source, target, 0.5)
+    elif kind == "truncated_at_packet":
+        source = synthetic.write_video(folder / "long.mp4", 150, LAYOUT, faststart=True)
+        synthetic.truncate_at_packet(source, target, 100)
     elif kind == "truncated_index":
         source = synthetic.write_video(folder / "long_end_index.mp4", 60, LAYOUT, faststart=False)
         synthetic.truncate(source, target, 0.6)
@@ -193,6 +196,7 @@ BAD_CASES = {
     "not_a_video": ["not a readable video"],
     "empty": ["empty"],
     "truncated": ["truncated", "after", "frames", "last frame decoded at"],
+    "truncated_at_packet": ["the stream ended after 100 of the 150 frames", "last frame decoded at"],
     "truncated_index": ["not a readable video", "moov"],
     "zero_frames": ["no frame could be decoded"],
     "missing_fps": ["no frame rate"],
