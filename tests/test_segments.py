@@ -1,15 +1,20 @@
 """Segment sets: clip contents match the frame stores, sampling rules hold, and output bytes are reproducible."""
 
 import hashlib
+import re
+import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
+import synthetic
 from echoflow.segments import (Sampling, SegmentError, VideoInput, build_segment_set, label_runs, plan_video,
                                summarize)
+from echoflow.via import write_project
 
 FRAME_MS = 1000 / 29.97
 SIZE = (12, 10)  # stored frame height, width
@@ -268,3 +273,82 @@ def test_4cv_run_outside_intervals_rejected(tmp_path):
     write_intervals(video.intervals_path, [("4CV-0", 0, 20, "kept")])
     with pytest.raises(SegmentError, match="4CV frames 100-139 lie in no kept or clipped interval"):
         build([video], sampling(), tmp_path / "train.h5", members=["P1"])
+
+
+# End to end: split, segments and segment_summary in real snakemake runs on small H.264 videos.
+
+SNAKEFILE = Path(__file__).resolve().parents[1] / "Snakefile"
+LAYOUT = synthetic.Layout()
+SUMMARY = "results/segments/default/summary.tsv"
+
+
+def make_workflow(tmp_path, frames_per_clip=4):
+    """Write a raw tree of three participants with one 3 s video each and a config that reads it."""
+    raw = tmp_path / "raw"
+    for number in (1, 2, 3):
+        folder = raw / f"P0{number}" / "T1"
+        folder.mkdir(parents=True, exist_ok=True)
+        synthetic.write_video(folder / f"P0{number}_T1.mp4", 90, LAYOUT, seed=number)
+        write_project(folder / f"P0{number}_T1.json", f"P0{number}_T1.mp4", [(1.0, 2.0)])
+    config = {
+        "raw_dir": str(raw),
+        "preprocess": {"crop": LAYOUT.crop, "size": [32, 24], "mask": "none", "stride": 1},
+        "split": {"seed": 3, "fractions": {"train": 0.34, "val": 0.33, "test": 0.33}, "folds": 0},
+        "sampling": {"default": {"frames_per_clip": frames_per_clip, "max_background_s": 0.5}},
+    }
+    path = tmp_path / f"config-{frames_per_clip}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return raw, path
+
+
+def run_snakemake(workdir, config, *options):
+    command = ["snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir), "--configfile", str(config),
+               "--cores", "2", *options, SUMMARY]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def planned_rules(result):
+    """Return the rules of the jobs a dry run lists."""
+    return set(re.findall(r"^(?:local)?rule ([\w.-]+):", result.stdout + result.stderr, flags=re.MULTILINE))
+
+
+def finished_rules(result):
+    """Return the rules of the jobs that snakemake reports as finished."""
+    return set(re.findall(r"Finished jobid: \d+ \(Rule: ([\w.-]+)\)", result.stdout + result.stderr))
+
+
+@pytest.mark.workflow
+def test_frames_per_clip_reruns_segments_only(tmp_path):
+    raw, config = make_workflow(tmp_path)
+    workdir = tmp_path / "work"
+    first = run_snakemake(workdir, config)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert {"frames", "labels", "split", "segments", "segment_summary"} <= finished_rules(first)
+    summary = pd.read_csv(workdir / SUMMARY, sep="\t").set_index("split")
+    assert summary["participants"].tolist() == [1, 1, 1]
+    assert (summary["4CV"] > 0).all()
+    with h5py.File(workdir / "results/segments/default/train.h5", "r") as segment_set:
+        assert segment_set["clips"].shape[1:] == (4, 24, 32)
+
+    _, changed = make_workflow(tmp_path, frames_per_clip=6)
+    dry_run = run_snakemake(workdir, changed, "--dry-run")
+    assert dry_run.returncode == 0, dry_run.stderr[-3000:]
+    assert planned_rules(dry_run) == {"segments", "segment_summary"}
+
+
+@pytest.mark.workflow
+def test_annotation_times_keep_split(tmp_path):
+    raw, config = make_workflow(tmp_path)
+    workdir = tmp_path / "work"
+    first = run_snakemake(workdir, config)
+    assert first.returncode == 0, first.stderr[-3000:]
+    splits = workdir / "results/splits.tsv"
+    splits_mtime = splits.stat().st_mtime_ns
+
+    write_project(raw / "P02" / "T1" / "P02_T1.json", "P02_T1.mp4", [(0.5, 2.5)])
+    second = run_snakemake(workdir, config)
+    assert second.returncode == 0, second.stderr[-3000:]
+    ran = finished_rules(second)
+    assert {"manifest", "labels", "segments"} <= ran
+    assert "split" not in ran
+    assert splits.stat().st_mtime_ns == splits_mtime
