@@ -35,7 +35,9 @@ from echoflow.video import DecodeStats, VideoError, VideoInfo, iter_frames, luma
 log = logging.getLogger(__name__)
 
 COMPRESSION = "gzip"
-COMPRESSION_LEVEL = 1  # gzip level 1 is about as small as level 4-6 on these frames and faster to write.
+# On the 1080p benchmark frames (benchmarks/frames.py) gzip level 1 gave 0.267 of the raw uint8 size and level 6
+# gave 0.256, at half the write time. lzf gave 0.360.
+COMPRESSION_LEVEL = 1
 FRAMES_PER_CHUNK = 1  # One frame per chunk, so reading a clip decompresses only the frames it needs.
 WRITE_BATCH = 64  # Frames collected before one write to HDF5.
 
@@ -146,7 +148,7 @@ def mask_from_change(change: np.ndarray) -> np.ndarray:
 def polygon_mask(polygon: list, box: Box, size: tuple[int, int]) -> np.ndarray:
     """Rasterise a polygon given in source pixels at the stored size of a frame cropped to ``box``.
 
-    The polygon is drawn at the crop box's resolution and reduced with area averaging; a stored pixel is inside
+    The polygon is drawn at the crop box's resolution and reduced with area averaging. A stored pixel is inside
     when at least half of it is.
     """
     vertices = np.array(polygon, np.float64) - (box.x, box.y)
@@ -199,7 +201,7 @@ def reduced_frames(path: Path, box: Box, settings: Settings, threads: int,
                    stats: DecodeStats) -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(timestamp_ms, small frame)`` for every kept frame, preprocessing in a worker thread.
 
-    The worker overlaps cropping and resizing with decoding and holds at most a few frames in flight.
+    The worker overlaps cropping and resizing with decoding and keeps at most 8 frames queued.
     """
     pending: queue.Queue = queue.Queue(maxsize=8)
     done = object()

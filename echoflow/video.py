@@ -17,8 +17,8 @@ LUMA_PLANE_FORMATS = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "
 FULL_RANGE_FORMATS = {"yuvj420p", "yuvj422p", "yuvj444p", "yuvj440p", "gray"}
 JPEG_COLOR_RANGE = 2  # AVCOL_RANGE_JPEG: luma uses 0-255 instead of 16-235.
 
-# A header frame count may exceed the decoded count by a frame or two (edit lists, dropped leading B-frames);
-# more missing frames than this means the stream ended early.
+# A header frame count may exceed the decoded count by a frame or two because of edit lists or dropped leading
+# B-frames. More missing frames than this mean that the stream ended early.
 MISSING_FRAMES_TOLERANCE = 2
 MISSING_FRAMES_FRACTION = 0.01
 

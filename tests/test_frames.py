@@ -94,13 +94,15 @@ def test_auto_mask_covers_sector(good_store):
     assert frames[:, mask == 1].mean() > 20
 
 
-def test_mask_none_keeps_all_pixels(videos, tmp_path):
+def test_mask_none_keeps_all_pixels(good_store, videos, tmp_path):
     build_store(videos["good"], tmp_path / "s.h5", preprocess(mask="none"))
     frames, _, mask, _ = read_store(tmp_path / "s.h5")
+    masked_frames, _, auto_mask, _ = good_store
     assert np.all(mask == 1)
-    # Corners of the crop box lie outside the fan; without a mask they keep the black screen, not zeros only
-    # because of masking, and the code bars are intact.
-    assert frames.shape[0] == FRAME_COUNT
+    assert frames.shape == masked_frames.shape
+    # Inside the auto mask both stores are equal; outside it only the unmasked store keeps picture content.
+    np.testing.assert_array_equal(frames[:, auto_mask == 1], masked_frames[:, auto_mask == 1])
+    assert frames[:, auto_mask == 0].max() > 0
 
 
 def test_polygon_mask_zeroes_outside(videos, tmp_path):
@@ -130,8 +132,10 @@ def test_auto_crop_finds_sector_box(videos, tmp_path):
     frames, _, _, attrs = read_store(tmp_path / "s.h5")
     x, y, width, height = (int(v) for v in attrs["crop_box"])
     sx, sy, swidth, sheight = LAYOUT.sector
-    assert abs(x - sx) <= 8 and abs(y - sy) <= 8
-    assert abs(x + width - (sx + swidth)) <= 8 and abs(y + height - (sy + sheight)) <= 8
+    assert abs(x - sx) <= 8
+    assert abs(y - sy) <= 8
+    assert abs(x + width - (sx + swidth)) <= 8
+    assert abs(y + height - (sy + sheight)) <= 8
     assert [synthetic.read_index(f, stored_box(attrs)) for f in frames] == list(range(FRAME_COUNT))
 
 

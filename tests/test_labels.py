@@ -62,8 +62,11 @@ def test_labels_match_intervals_frame_exactly(store, tmp_path):
     np.testing.assert_array_equal(labels["label"].to_numpy(), expected)
     assert list(labels.columns) == ["frame", "timestamp_ms", "label"]
     np.testing.assert_allclose(labels["timestamp_ms"], TIMES_S * 1000, atol=0.02)
-    assert labels["label"][5] == 1 and labels["label"][12] == 0
-    assert labels["label"][20] == 0 and labels["label"][21] == 1 and labels["label"][30] == 1
+    assert labels["label"][5] == 1
+    assert labels["label"][12] == 0
+    assert labels["label"][20] == 0
+    assert labels["label"][21] == 1
+    assert labels["label"][30] == 1
     assert list(table["status"]) == ["kept", "kept", "kept"]
     assert list(table["start_frame"]) == [5, 21, 40]
     assert list(table["end_frame"]) == [12, 31, int(np.searchsorted(TIMES_S, 1.23))]
