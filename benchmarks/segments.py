@@ -1,8 +1,8 @@
 """Time one epoch of training clips: decoding each clip from its mp4 against reading it from a segment set.
 
-The old way is how the earlier research code fed training, written here from its description: for every
-clip, open the mp4 with cv2.VideoCapture, seek with CAP_PROP_POS_MSEC to the clip start, decode until the
-clip end, and preprocess every kept frame (crop, grayscale, mask, resize). The new way reads the same clips
+The old way is how the earlier research code fed training, written here from its description. For every
+clip it opens the mp4 with cv2.VideoCapture and seeks with CAP_PROP_POS_MSEC to the clip start. Then it
+decodes until the clip end and preprocesses every kept frame (crop, grayscale, mask, resize). The new way reads the same clips
 from results/segments/<sampling>/<split>.h5 with h5py, in shuffled batches as a training loader would.
 
 Usage:

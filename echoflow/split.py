@@ -18,7 +18,7 @@ class SplitError(ValueError):
 
 
 def participant_classes(manifest: pd.DataFrame) -> dict[str, bool]:
-    """Map each participant with at least one usable video to whether any of its videos has 4CV.
+    """Map each participant with at least one ok video to whether any of its ok videos has 4CV.
 
     A video has 4CV when its manifest row has status ok and annotated_s > 0. Background is assumed in every
     video, because the annotations mark only the 4CV stretches of longer captures.
@@ -40,7 +40,7 @@ def split_sizes(n_participants: int, fractions: dict[str, float]) -> dict[str, i
     active = [name for name in SPLITS if fractions.get(name, 0) > 0]
     if n_participants < len(active):
         raise SplitError(
-            f"found {n_participants} participant(s) with usable videos, but {len(active)} are needed: one for "
+            f"found {n_participants} participant(s) with ok videos, but {len(active)} are needed: one for "
             f"each of the splits {', '.join(active)} (split.fractions {fractions}). Add participants to the "
             "raw tree, or set the fraction of val to 0.")
     sizes = {name: 0 for name in SPLITS}
