@@ -108,6 +108,15 @@ def segment_inputs(wildcards):
     }
 
 
+def sampling_settings(wildcards):
+    """Return the config block of the sampling named by the wildcard."""
+    if wildcards.sampling not in config["sampling"]:
+        raise WorkflowError(
+            f"sampling {wildcards.sampling!r} is not defined under 'sampling' in the config; defined: "
+            f"{', '.join(sorted(config['sampling']))}. Request results/segments/<one of these>/... instead.")
+    return config["sampling"][wildcards.sampling]
+
+
 def experiment_sampling(experiment):
     """Return the name of the sampling an experiment trains on."""
     return EXPERIMENTS[experiment].get("sampling", "default")

@@ -14,7 +14,7 @@ rule segments:
     benchmark:
         "benchmarks/out/segments/{sampling}_{split}.tsv"
     params:
-        sampling=lambda wildcards: config["sampling"][wildcards.sampling],
+        sampling=sampling_settings,
         videos=video_participants,
     threads: 1
     resources:
