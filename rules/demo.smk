@@ -3,12 +3,16 @@
 
 rule demo_data:
     output:
+        # Checksum list of every file in resources/demo/raw/, written after the tree is complete.
         stamp=DEMO_STAMP,
     log:
         "logs/demo_data.log",
+    benchmark:
+        "benchmarks/out/demo_data/demo_data.tsv"
     params:
         demo=config.get("demo", {}),
-        raw_dir=str(echoflow_config.DEMO_RAW_DIR),
+        # The tree is the folder beside the stamp: resources/demo/raw.
+        raw_dir=lambda wildcards, output: os.path.splitext(output.stamp)[0],
     threads: 2
     resources:
         mem_mb=2000,

@@ -162,9 +162,12 @@ def test_box_is_black_outside_sector(tree):
     outside[y - box_y:y - box_y + height, x - box_x:x - box_x + width] -= demo.sector_mask()
     # H.264 ringing reaches up to one 16x16 macroblock beyond the fan's edge and the box's border, so test
     # only pixels at least 16 px from both.
-    outside[:16, :] = outside[-16:, :] = 0
-    outside[:, :16] = outside[:, -16:] = 0
-    outside = cv2.erode(outside, np.ones((33, 33), np.uint8)).astype(bool)
+    outside = cv2.erode(outside, np.ones((33, 33), np.uint8))
+    outside[:16, :] = 0
+    outside[-16:, :] = 0
+    outside[:, :16] = 0
+    outside[:, -16:] = 0
+    outside = outside.astype(bool)
     for path in capture_videos(root)[:3]:
         with av.open(str(path)) as container:
             for frame in container.decode(video=0):
