@@ -2,14 +2,18 @@
 
 import json
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from snakemake.utils import update_config
 
 from echoflow import checkpoint, training
+from echoflow import config as echoflow_config
 from echoflow.augment import Augmentation, augment_batch, equalize
 from echoflow.training import TrainingJob
 
@@ -261,3 +265,13 @@ def test_empty_validation_set_uses_training_loss(tmp_path):
     assert history["val_loss"].isna().all()
     assert progress.best_epoch == history["train_loss"].idxmin() + 1
     assert math.isnan(torch.load(tmp_path / "exp" / "model.pt", weights_only=True)["val_metrics"]["loss"])
+
+
+def test_paper_config_valid_over_defaults():
+    root = Path(__file__).resolve().parents[1]
+    merged = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    update_config(merged, yaml.safe_load((root / "config" / "paper.yaml").read_text()))
+    echoflow_config.validate(merged, echoflow_config.load_schema(root / "config" / "schema.yaml"))
+    experiments = echoflow_config.experiments(merged)
+    assert experiments["mobilenet_v2_sampling-k40"]["sampling"] == "k40"
+    assert merged["sampling"]["k40"]["frames_per_clip"] == 40
