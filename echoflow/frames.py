@@ -468,4 +468,8 @@ def video_qc_table(manifest: str | Path, stores: list[str | Path]) -> pd.DataFra
         else:
             row.update(status="missing", reason="no frame store was given for this ok video", stage="frames")
         rows.append(row)
-    return pd.DataFrame(rows, columns=QC_COLUMNS)
+    table = pd.DataFrame(rows, columns=QC_COLUMNS)
+    # Nullable integers, so videos without decoding figures leave empty cells instead of turning counts to floats.
+    for column in ("frames_decoded", "frames_stored", "width", "height", "frame_count_header", "corrupt_frames"):
+        table[column] = table[column].astype("Int64")
+    return table

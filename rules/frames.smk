@@ -16,10 +16,11 @@ rule frames:
     params:
         preprocess=config["preprocess"],
     threads: 2
-    # Measured on a 2-core machine: about 3 s and 250 MB peak for 20 s of 1920x1080 H.264 at 30 fps.
-    # NOTE: runtime assumes captures of up to about an hour; raise it for longer videos.
+    # Measured on the 2-core development machine with the demo tree (20-32 s of 1920x1080 H.264): 4-8 s and
+    # 150 MB peak per video. Memory does not grow with video length, because frames are streamed to the store.
+    # NOTE: runtime allows about an hour of video at 150 frames/s; raise it for longer captures.
     resources:
-        mem_mb=1000,
+        mem_mb=500,
         runtime=15,
     conda:
         "../envs/data.yaml"
