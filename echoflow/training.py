@@ -34,7 +34,7 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_acc
 IMBALANCE_RATIO = 1.5
 RESUME_FORMAT = 1
 # Training clips used to re-estimate batch-norm statistics after each epoch.
-BATCH_NORM_CLIPS = 512
+BATCH_NORM_CLIPS = 256
 
 
 @dataclasses.dataclass

@@ -24,7 +24,7 @@ def test_forward_backward_tiny_batch(name, frames):
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("frames, height, width", [(40, 64, 64), (2, 224, 224), (5, 96, 160)])
+@pytest.mark.parametrize("frames, height, width", [(40, 64, 64), (2, 224, 224), (5, 96, 160), (4, 12, 10)])
 def test_output_shape_across_sizes(name, frames, height, width):
     model = build(name, frames, **SMALL).eval()
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from echoflow.models._common import check_input, check_width
@@ -10,6 +11,23 @@ from echoflow.models._common import check_input, check_width
 # (squeeze, expand 1x1, expand 3x3) channels of the eight fire modules; None marks a 3x3 max pool.
 LAYOUT = [None, (16, 64, 64), (16, 64, 64), None, (32, 128, 128), (32, 128, 128), None,
           (48, 192, 192), (48, 192, 192), (64, 256, 256), (64, 256, 256)]
+
+
+class MaxPool(nn.MaxPool2d):
+    """3x3 max pool with stride 2 that also accepts maps smaller than 3x3, as frames of 8-23 pixels produce.
+
+    Such maps are padded with -inf up to 3x3 first, so the pool takes their maximum; larger maps are pooled
+    exactly as published.
+    """
+
+    def __init__(self):
+        super().__init__(3, stride=2, ceil_mode=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if height < 3 or width < 3:
+            x = F.pad(x, (0, max(0, 3 - width), 0, max(0, 3 - height)), value=float("-inf"))
+        return super().forward(x)
 
 
 class Fire(nn.Module):
@@ -46,7 +64,7 @@ class SqueezeNet(nn.Module):
         layers: list[nn.Module] = [nn.Conv2d(frames_per_clip, channels, 3, stride=2), nn.ReLU(inplace=True)]
         for entry in LAYOUT:
             if entry is None:
-                layers.append(nn.MaxPool2d(3, stride=2, ceil_mode=True))
+                layers.append(MaxPool())
                 continue
             squeeze, expand1x1, expand3x3 = (scale(c) for c in entry)
             layers.append(Fire(channels, squeeze, expand1x1, expand3x3))
