@@ -1,6 +1,7 @@
 """Frame stores built from real H.264 videos whose frames encode their own index."""
 
 import json
+import threading
 
 import cv2
 import h5py
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 import synthetic
-from echoflow.frames import build_store, open_store, video_qc_table
-from echoflow.video import VideoError
+from echoflow.frames import Box, Settings, build_store, open_store, reduced_frames, video_qc_table
+from echoflow.video import DecodeStats, VideoError
 
 LAYOUT = synthetic.Layout()  # 320x240 with the sector box at x=60, y=30, 200x180.
 SIZE = [64, 48]
@@ -266,3 +267,13 @@ def test_qc_table_lists_every_video(videos, tmp_path):
     assert "not a readable video" in table.loc["bad", "reason"]
     assert table.loc["gone", "stage"] == "manifest"
     assert table.loc["gone", "reason"] == "no annotation (.json) in the session folder"
+
+
+def test_reader_stops_when_consumer_stops(videos):
+    before = threading.active_count()
+    stats = DecodeStats()
+    frames = reduced_frames(videos["good"], Box(60, 30, 200, 180), Settings.from_config(preprocess()), 1, stats)
+    next(frames)
+    frames.close()
+    assert threading.active_count() == before
+    assert stats.frames_decoded < FRAME_COUNT
