@@ -62,7 +62,7 @@ def window_indices(frame: int, frames_per_clip: int, stride: int) -> np.ndarray:
 
 
 def sliding_probabilities(forward: Callable[[np.ndarray], np.ndarray], frames: h5py.Dataset | np.ndarray,
-                          frames_per_clip: int, stride: int, batch_size: int = 64) -> np.ndarray:
+                          frames_per_clip: int, stride: int, batch_size: int = 16) -> np.ndarray:
     """Return the 4CV probability of every stored frame, from the window of K frames ending at that frame.
 
     Windows at the start of a video repeat the first frame, so every frame gets a probability.

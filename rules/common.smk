@@ -165,10 +165,12 @@ def ok_frame_stores(wildcards):
 
 
 def timeline_inputs(wildcards):
-    """Return the model, manifest, split table, and the frame stores and labels of every ok video."""
+    """Return the checkpoint and its ONNX export, the manifest, the split table, and the frame stores and labels
+    of every ok video."""
     video_ids = ok_video_ids()
     return {
         "model": f"results/models/{wildcards.experiment}/model.pt",
+        "onnx": f"results/export/{wildcards.experiment}/model.onnx",
         "manifest": "results/manifest.tsv",
         "splits": "results/splits.tsv",
         "frames": [f"results/frames/{video_id}.h5" for video_id in video_ids],
