@@ -29,23 +29,23 @@ LAYOUT = synthetic.Layout(width=1920, height=1080, sector=(480, 120, 1130, 810))
 PREPROCESS = {"crop": LAYOUT.crop, "size": [128, 128], "mask": "auto", "stride": 1, "on_bad_video": "fail"}
 
 
-def decode_only(path: Path, threads: int) -> tuple[int, float]:
-    """Grab every frame with OpenCV without converting it; return the frame count and seconds."""
+def decode_only(path: Path, threads: int) -> tuple[int, float, float]:
+    """Grab every frame with OpenCV without converting it; return the frame count, seconds and CPU seconds."""
     cv2.setNumThreads(threads)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
     count = 0
     while capture.grab():
         count += 1
     capture.release()
-    return count, time.perf_counter() - started
+    return count, time.perf_counter() - started, time.process_time() - cpu_started
 
 
-def frames_stage(path: Path, store: Path, threads: int) -> tuple[int, float]:
-    """Run the frames stage; return the decoded frame count and seconds."""
-    started = time.perf_counter()
+def frames_stage(path: Path, store: Path, threads: int) -> tuple[int, float, float]:
+    """Run the frames stage; return the decoded frame count, seconds and CPU seconds."""
+    started, cpu_started = time.perf_counter(), time.process_time()
     attrs = build_store(path, store, PREPROCESS, threads=threads, video_id="benchmark")
-    return int(attrs["frame_count_decoded"]), time.perf_counter() - started
+    return int(attrs["frame_count_decoded"]), time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def main() -> None:
@@ -73,12 +73,12 @@ def main() -> None:
 
     # The machine may be shared, so each measurement is repeated alternately and the fastest run counts.
     store = workdir / "store.h5"
-    decode_seconds = stage_seconds = float("inf")
+    decode_seconds = stage_seconds = decode_cpu = stage_cpu = float("inf")
     for _ in range(args.repeats):
-        decoded, seconds = decode_only(video, args.threads)
-        decode_seconds = min(decode_seconds, seconds)
-        stage_frames, seconds = frames_stage(video, store, args.threads)
-        stage_seconds = min(stage_seconds, seconds)
+        decoded, seconds, cpu = decode_only(video, args.threads)
+        decode_seconds, decode_cpu = min(decode_seconds, seconds), min(decode_cpu, cpu)
+        stage_frames, seconds, cpu = frames_stage(video, store, args.threads)
+        stage_seconds, stage_cpu = min(stage_seconds, seconds), min(stage_cpu, cpu)
     if stage_frames != decoded:
         print(f"warning: OpenCV decoded {decoded} frames, the frames stage {stage_frames}", file=sys.stderr)
 
@@ -91,6 +91,11 @@ def main() -> None:
     print(f"frames={decoded}")
     print(f"decode_only_fps={decode_fps:.1f}")
     print(f"frames_stage_fps={stage_fps:.1f}")
+    # CPU seconds depend less on other load than wall time; their ratio is what a fully busy machine would see.
+    print(f"decode_only_cpu_s={decode_cpu:.2f}")
+    print(f"frames_stage_cpu_s={stage_cpu:.2f}")
+    print(f"cpu_ratio={decode_cpu / stage_cpu:.3f}")
+    print(f"load_average_1min={os.getloadavg()[0]:.1f}")
     print(f"store_mb={store_bytes / 1e6:.2f}")
     print(f"float32_mb={float32_bytes / 1e6:.2f}")
     print(f"decode_ratio={stage_fps / decode_fps:.3f}")
