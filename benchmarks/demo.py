@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/demo.py [--workers 2] [--config config/config.yaml]
 
-Run it on an idle machine; other processes on the same cores inflate wall_s (cpu_s barely changes).
+Run it on an idle machine, because other processes on the same cores inflate wall_s and, less so, cpu_s.
 """
 
 from __future__ import annotations
