@@ -183,3 +183,14 @@ def test_split_videos_picks_test_participants(tmp_path):
         tmp_path / "splits.tsv", sep="\t", index=False)
     videos = timeline.split_videos(tmp_path / "manifest.tsv", tmp_path / "splits.tsv")
     assert list(videos["video_id"]) == ["b"]
+
+
+def test_write_timelines_without_videos(tmp_path):
+    videos = pd.DataFrame(columns=["video_id", "participant", "video"])
+    out = tmp_path / "out"
+    table = timeline.write_timelines(pixel_forward, "demo", videos, tmp_path, tmp_path, 2, 1,
+                                     timeline.TimelineSettings(), out / "t.tsv", out / "t.npz", out / "via")
+    assert table.empty
+    assert list(pd.read_csv(out / "t.tsv", sep="\t").columns) == timeline.TIMELINE_COLUMNS
+    assert timeline.read_traces(out / "t.npz") == {}
+    assert list((out / "via").iterdir()) == []
