@@ -267,7 +267,8 @@ def _split_frames(total: int, parts: int, minimum: int, rng: np.random.Generator
 def plan_timeline(seed: int, duration_s: tuple[float, float], rate: Fraction) -> Timeline:
     """Lay out 2 or 3 4CV intervals of 2.1-10 s between background stretches of at least 1 s each.
 
-    The 4CV intervals cover at most about half of the video (rounding to frames may add a frame per interval).
+    Lengths are rounded to whole frames, so an interval may be half a frame shorter or longer than that range,
+    and the 4CV intervals cover at most about half of the video.
     """
     rng = np.random.default_rng([seed, 1])
     duration = float(rng.uniform(*duration_s))
@@ -284,7 +285,7 @@ def plan_timeline(seed: int, duration_s: tuple[float, float], rate: Fraction) ->
     stretches, cine_frames = [], []
     position = 0
     for index, gap in enumerate(gaps):
-        # Long gaps get more parts, so no video shows one kind of background for more than about 6 s.
+        # A gap gets one more part per 6 s, so long stretches of one kind of background are rare.
         parts = min(int(rng.integers(1, 3)) + gap // (6 * one_second), gap // one_second)
         for length in _split_frames(gap, parts, one_second, rng):
             if not kinds:
@@ -696,7 +697,12 @@ def generate_tree(raw_dir: str | Path, demo: dict | None, workers: int = 1) -> T
         frames = _write_tree(plan, partial, config, workers)
         if target.exists():
             os.rename(target, old)
-        os.rename(partial, target)
+        try:
+            os.rename(partial, target)
+        except OSError:
+            if old.exists() and not target.exists():
+                os.rename(old, target)
+            raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
