@@ -9,6 +9,15 @@ from echoflow.models import ARCHITECTURES, build, count_parameters
 SMALL = {"width_mult": 0.25}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run on one thread: tiny operations gain nothing from two, and lose much when the CPUs are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
 @pytest.mark.parametrize("frames", [1, 4])
 def test_forward_backward_tiny_batch(name, frames):
