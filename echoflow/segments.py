@@ -346,20 +346,23 @@ def write_segment_set(path: str | Path, clips: list[Clip], videos: list[VideoInp
 
 
 def build_segment_set(videos: list[VideoInput], split_participants: set[str], sampling: Sampling,
-                      sampling_name: str, split: str, output: str | Path) -> dict[str, int]:
+                      sampling_name: str, split: str, output: str | Path,
+                      frame_shape: tuple[int, int] | None = None) -> dict[str, int]:
     """Sample and write the clips of the videos whose participant is in ``split_participants``.
+
+    Args:
+        frame_shape: (height, width) of the clips when no chosen store has frames, as in an empty split.
 
     Returns:
         Counts of "background" and "4CV" clips.
     """
     chosen = [video for video in videos if video.participant in split_participants]
-    if not videos:
-        raise SegmentError(f"no videos to sample for {output}; check that results/manifest.tsv lists ok videos.")
-    clips, frame_shape = plan_split(chosen, sampling, split)
+    clips, store_shape = plan_split(chosen, sampling, split)
+    frame_shape = store_shape or frame_shape
     if frame_shape is None:
-        with h5py.File(videos[0].frames_path, "r") as store:
-            frame_shape = tuple(store["frames"].shape[1:])
-    write_segment_set(output, clips, chosen, frame_shape, sampling, sampling_name, split)
+        raise SegmentError(f"cannot write {output}: split {split} has no frame store with frames, and no frame "
+                           "size was given. Pass the preprocess.size of the frame stores as frame_shape.")
+    write_segment_set(output, clips, chosen, tuple(frame_shape), sampling, sampling_name, split)
     n_4cv = sum(clip.label for clip in clips)
     return {"background": len(clips) - n_4cv, "4CV": n_4cv}
 

@@ -74,7 +74,7 @@ def annotation_path(wildcards):
 
 # Split and segment sets.
 
-from echoflow.split import participant_classes
+from echoflow.split import assign_splits, participant_classes
 
 SPLIT_NAMES = ["train", "val", "test"]
 
@@ -90,16 +90,39 @@ def split_participants(wildcards):
     return participant_classes(manifest_table())
 
 
-def video_participants(wildcards):
-    """Map each ok video to its participant."""
-    table = manifest_table()
-    table = table[table["status"] == "ok"]
-    return dict(zip(table["video_id"], table["participant"]))
+def split_settings():
+    """Return the split section of the config with defaults filled in."""
+    return {
+        "seed": config["split"].get("seed", 0),
+        "fractions": config["split"].get("fractions", {"train": 0.70, "val": 0.15, "test": 0.15}),
+        "folds": config["split"].get("folds", 0),
+    }
+
+
+def split_assignment():
+    """Compute the table that the split rule writes to results/splits.tsv, from the same params.
+
+    The segment sets use it to list only the videos of their own split as input. A checkpoint would do the
+    same, but Snakemake 9 then leaves the segment jobs unresolved when the manifest reruns and the split does
+    not, so they would miss changed labels.
+    """
+    settings = split_settings()
+    return assign_splits(participant_classes(manifest_table()), settings["fractions"], settings["seed"],
+                         settings["folds"])
+
+
+def split_video_participants(wildcards):
+    """Map each ok video of the participants in the wildcard's split to its participant."""
+    table = split_assignment()
+    members = set(table.loc[table["split"] == wildcards.split, "participant"])
+    manifest = manifest_table()
+    manifest = manifest[(manifest["status"] == "ok") & manifest["participant"].isin(members)]
+    return dict(zip(manifest["video_id"], manifest["participant"]))
 
 
 def segment_inputs(wildcards):
-    """Return the frame stores, label and interval tables of every ok video, and the split table."""
-    video_ids = ok_video_ids()
+    """Return the split table, and the frame stores, label and interval tables of the wildcard's split."""
+    video_ids = list(split_video_participants(wildcards))
     return {
         "frames": [f"results/frames/{video_id}.h5" for video_id in video_ids],
         "labels": [f"results/labels/{video_id}.tsv" for video_id in video_ids],

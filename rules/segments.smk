@@ -1,6 +1,6 @@
 # Segment (clip) sets: fixed-length clips of 4CV and background frames per sampling and split.
 
-# Input functions (segment_inputs, video_participants) and the list of needed files for downstream
+# Input functions (segment_inputs, split_video_participants) and the list of needed files for downstream
 # rules (segment_sets, segment_summaries, used_samplings) are in rules/common.smk.
 
 
@@ -15,7 +15,9 @@ rule segments:
         "benchmarks/out/segments/{sampling}_{split}.tsv"
     params:
         sampling=sampling_settings,
-        videos=video_participants,
+        videos=split_video_participants,
+        # Frame size of an empty split's file, whose split has no frame store to take it from.
+        size=config["preprocess"].get("size", [128, 128]),
     threads: 1
     resources:
         mem_mb=2000,

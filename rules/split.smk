@@ -2,6 +2,8 @@
 # checkpoint, and the participants and whether each has 4CV are passed as params. So editing an
 # annotation's times (which rewrites the manifest) reruns the split only when a participant gains or
 # loses all its 4CV segments, or a participant is added or removed.
+# The segment sets compute the same assignment from the same params (split_assignment in common.smk),
+# so each set lists only the videos of its own split as input without the split being a checkpoint.
 
 
 rule split:
@@ -13,11 +15,7 @@ rule split:
         "logs/split.log",
     params:
         participants=split_participants,
-        split={
-            "seed": config["split"].get("seed", 0),
-            "fractions": config["split"].get("fractions", {"train": 0.70, "val": 0.15, "test": 0.15}),
-            "folds": config["split"].get("folds", 0),
-        },
+        split=split_settings(),
     threads: 1
     resources:
         mem_mb=300,

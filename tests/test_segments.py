@@ -87,7 +87,7 @@ def videos(tmp_path):
 
 
 def build(videos, settings, output, split="train", members=("P1", "P2")):
-    return build_segment_set(videos, set(members), settings, "test-sampling", split, output)
+    return build_segment_set(videos, set(members), settings, "test-sampling", split, output, frame_shape=SIZE)
 
 
 def test_clips_equal_store_frames(videos, tmp_path):
@@ -212,11 +212,16 @@ def test_excluded_store_skipped(videos, tmp_path):
     assert "P2_T2" not in read_set(tmp_path / "train.h5")["video_id"]
 
 
-def test_empty_split_written(videos, tmp_path):
-    build(videos, sampling(), tmp_path / "val.h5", split="val", members=[])
+def test_empty_split_written(tmp_path):
+    build_segment_set([], set(), sampling(), "test-sampling", "val", tmp_path / "val.h5", frame_shape=SIZE)
     result = read_set(tmp_path / "val.h5")
     assert result["clips"].shape == (0, 4, *SIZE)
     assert result["labels"].shape == (0,)
+
+
+def test_empty_split_needs_frame_shape(tmp_path):
+    with pytest.raises(SegmentError, match="split val has no frame store with frames"):
+        build_segment_set([], set(), sampling(), "test-sampling", "val", tmp_path / "val.h5")
 
 
 def test_identical_bytes_on_rerun(videos, tmp_path):
@@ -352,3 +357,6 @@ def test_annotation_times_keep_split(tmp_path):
     assert {"manifest", "labels", "segments"} <= ran
     assert "split" not in ran
     assert splits.stat().st_mtime_ns == splits_mtime
+    # P02 is in one split, so only that split's segment set is rebuilt.
+    output = second.stdout + second.stderr
+    assert len(re.findall(r"Finished jobid: \d+ \(Rule: segments\)", output)) == 1
