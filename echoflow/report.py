@@ -213,6 +213,11 @@ def dataset_summary(inputs: ReportInputs) -> dict:
         if not manifest.empty else manifest
     videos = read_table(inputs.videos)
     decode_exclusions = videos[videos["status"] != "ok"] if "status" in videos.columns else videos.iloc[0:0]
+    if "stage" in decode_exclusions.columns:
+        # Videos excluded by discovery are listed with the manifest's exclusions already.
+        decode_exclusions = decode_exclusions[decode_exclusions["stage"] != "manifest"]
+    decode_exclusions = decode_exclusions[[c for c in ("video_id", "status", "reason", "stage", "video")
+                                           if c in decode_exclusions.columns]]
     splits = read_table(inputs.splits)
     participants_per_split = (splits.groupby("split")["participant"].apply(lambda p: ", ".join(sorted(p)))
                               .reindex(["train", "val", "test"]).fillna("").reset_index()) if not splits.empty else splits

@@ -95,8 +95,11 @@ def build_inputs(folder: Path) -> report.ReportInputs:
     annotations = write_tsv(folder / "qc" / "annotations.tsv", {
         "video_id": ["P01-T1"], "annotation": ["a.json"], "segment": ["1_a"], "start_s": [1.0], "end_s": [4.0],
         "value": ["4CV"], "counted": [True], "note": [""]})
-    videos = write_tsv(folder / "qc" / "videos.tsv", {"video_id": ["P01-T1", "P02-T1", "P03-T1"],
-                                                      "status": ["ok", "ok", "ok"], "reason": ["", "", ""]})
+    videos = write_tsv(folder / "qc" / "videos.tsv", {
+        "video_id": ["P01-T1", "P02-T1", "P03-T1", "P03-T2", "P04-T1"],
+        "status": ["ok", "ok", "ok", "excluded", "excluded"],
+        "reason": ["", "", "", "no annotation project next to the video", "decoder error at frame 12"],
+        "stage": ["frames", "frames", "frames", "manifest", "frames"]})
     splits = write_tsv(folder / "splits.tsv", {"participant": ["P01", "P02", "P03"], "split": ["train", "val", "test"]})
     summary = write_tsv(folder / "segments" / "default" / "summary.tsv", {
         "split": ["train", "val", "test"], "background": [20, 5, 6], "4CV": [18, 4, 6]})
@@ -210,7 +213,8 @@ def test_report_escapes_file_names(rendered):
 
 def test_report_shows_data_qc(rendered):
     _, text = rendered
-    assert "no annotation project next to the video" in text
+    assert text.count("no annotation project next to the video") == 1
+    assert "decoder error at frame 12" in text
     assert "14.0 s" in text  # Annotated seconds of the three videos used.
     assert re.search(r"<th>Participants</th><td class=\"number\">3</td>", text)
 
