@@ -195,9 +195,3 @@ def _check_complete(path: Path, info: VideoInfo, stats: DecodeStats, last_ms: fl
             f"(last frame decoded at {last_ms / 1000:.3f} s); the file is probably truncated. {BAD_VIDEO_HINT}",
             info, stats.frames_decoded)
 
-
-def probe(path: str | Path) -> VideoInfo:
-    """Return what the container says about ``path`` without decoding it."""
-    container, _, info = open_video(path)
-    container.close()
-    return info
