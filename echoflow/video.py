@@ -37,7 +37,7 @@ class VideoError(ValueError):
 
 @dataclass
 class VideoInfo:
-    """What the container says about a video, before decoding."""
+    """Container metadata of a video, read before decoding."""
 
     path: str
     source_size: int
