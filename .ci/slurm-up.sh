@@ -5,8 +5,9 @@
 # Needs root (apt-get, /etc/slurm/slurm.conf, munge as its own user). Installs Debian's munge, slurmctld,
 # slurmd and slurm-client when missing. Accounting is off, so any account name is accepted, `sacct` has no
 # data and the snakemake SLURM plugin must poll with `squeue` (--slurm-status-command squeue).
-# Finished jobs stay visible to squeue for MinJobAge seconds, which must exceed the plugin's first
-# status check (--slurm-init-seconds-before-status-checks) several times over.
+# Finished jobs stay visible to squeue for MinJobAge seconds. That must exceed the plugin's longest gap
+# between status checks (180 s in plugin 2.8), and the tests read the job list of a whole run after it
+# ends, so it is an hour here (Slurm's default is 300 s).
 set -euo pipefail
 
 STATE_DIR="${ECHOFLOW_SLURM_DIR:-/tmp/echoflow-slurm}"
@@ -14,7 +15,7 @@ PID_FILE="$STATE_DIR/pids"
 SLURM_CONF_PATH=/etc/slurm/slurm.conf
 CONF_MARKER="# Written by echoflow .ci/slurm-up.sh"
 PARTITION="${ECHOFLOW_SLURM_PARTITION:-debug}"
-MIN_JOB_AGE_S=300
+MIN_JOB_AGE_S=3600
 READY_TIMEOUT_S=60
 
 log() { echo "slurm-up: $*" >&2; }
