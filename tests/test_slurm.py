@@ -245,7 +245,8 @@ def run_on_slurm(cluster: Cluster, workdir: Path, snakefile: Path, targets: list
 
 
 @pytest.fixture(scope="module")
-def small_setup(tmp_path_factory):
+def small_setup(cluster, tmp_path_factory):
+    """Write the small raw tree and workflow copy; depends on ``cluster`` so that it skips without one."""
     root = tmp_path_factory.mktemp("slurm")
     raw_dir = write_raw_tree(root / "raw")
     snakefile = copy_workflow(root / "workflow", small_config(raw_dir))
