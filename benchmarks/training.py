@@ -17,6 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# As in workflow/scripts/train.py: idle OpenMP threads sleep, which keeps timings sane on shared CPUs.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import h5py
 import numpy as np
 import torch
@@ -85,6 +88,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per feeding; the fastest counts")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--config", default=str(ROOT / "config" / "config.yaml"), help="experiments to time")
+    parser.add_argument("--only", nargs="*", help="names of the experiments to time (default: all)")
     args = parser.parse_args()
 
     torch.set_num_threads(max(1, min(args.threads, os.cpu_count() or 1)))
@@ -96,6 +100,8 @@ def main() -> None:
         print(f"segment_set_mb={path.stat().st_size / 1e6:.1f}")
         segments = training.read_segments(path)
         for name, raw in experiments.items():
+            if args.only and name not in args.only:
+                continue
             settings = resolve_settings(raw)
             batch_size = settings["batch_size"]
             batches = [next(training.iterate_batches(segments, batch_size, torch.device("cpu"),
