@@ -14,8 +14,8 @@ class Augmentation:
     """Ranges of the random changes applied to each clip.
 
     Geometric values are relative to the frame: ``translate`` 0.05 shifts by up to 5% of the width or height,
-    ``scale`` (0.9, 1.1) zooms between 90% and 110%. ``brightness`` is an offset in intensity units (frames are
-    in [0, 1]); ``contrast`` 0.1 multiplies the deviation from the clip mean by a factor in [0.9, 1.1].
+    ``scale`` (0.9, 1.1) zooms between 90% and 110%. ``brightness`` is an offset in intensity units, because
+    frames are in [0, 1]. ``contrast`` 0.1 multiplies the deviation from the clip mean by a factor in [0.9, 1.1].
     """
 
     hflip: float = 0.5              # Probability of a left-right flip.
@@ -29,7 +29,7 @@ class Augmentation:
 
     @classmethod
     def from_setting(cls, setting: bool | dict) -> Augmentation | None:
-        """Return the augmentation an experiment's ``augment`` value asks for, or None when it is off.
+        """Return the augmentation an experiment's ``augment`` value requests, or None when it is off.
 
         ``true`` gives the defaults above, a dict overrides some of them, ``false`` turns augmentation off.
         """

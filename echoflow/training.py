@@ -184,8 +184,8 @@ def recalibrate_batch_norm(model: torch.nn.Module, segments: SegmentSet, context
                            max_clips: int = BATCH_NORM_CLIPS) -> None:
     """Replace batch-norm running statistics by their average over up to ``max_clips`` training clips.
 
-    The running averages kept during an epoch trail the weights, which change fast in short runs; a model
-    evaluated with them can predict one class for every clip although training-mode accuracy is high.
+    The running averages kept during an epoch trail the weights, which change fast in short runs. A model
+    evaluated with them can predict one class for every clip although its training-mode accuracy is high.
     The clips are read in file order without augmentation, so the result is deterministic.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -224,7 +224,7 @@ def evaluate(model: torch.nn.Module, segments: SegmentSet, context: Context,
 
 @dataclasses.dataclass
 class Progress:
-    """What training has produced so far; saved after each epoch so a killed job can resume."""
+    """History, best weights and early-stopping counter of a run, saved after each epoch for resuming."""
 
     epoch: int = 0
     history: list[dict] = dataclasses.field(default_factory=list)
@@ -234,7 +234,7 @@ class Progress:
     epochs_without_improvement: int = 0
 
     def record(self, row: dict, model: torch.nn.Module, selection_loss: float) -> bool:
-        """Append an epoch's row, keep the weights if ``selection_loss`` is the best so far; return True if so."""
+        """Append an epoch's row and keep the weights if ``selection_loss`` is the lowest so far (then return True)."""
         self.epoch = row["epoch"]
         self.history.append(row)
         if selection_loss < self.best_loss:

@@ -222,7 +222,8 @@ def test_augmentation_same_for_all_frames():
         for k in range(1, 5):
             assert torch.equal(out[index, 0, k], out[index, 0, 0])
     assert not torch.allclose(out, clips)
-    assert 0 <= out.min() and out.max() <= 1
+    assert out.min() >= 0
+    assert out.max() <= 1
 
 
 def test_augmentation_repeats_with_seed():

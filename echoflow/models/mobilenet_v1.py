@@ -23,8 +23,8 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride:
 class MobileNetV1(nn.Module):
     """MobileNetV1 with a width multiplier; input [B, 1, K, H, W], output logits [B, num_classes].
 
-    The K frames of a clip are stacked as the K input channels of the first convolution, so the network
-    sees motion only through that layer.
+    The K frames of a clip are stacked as the K input channels of the first convolution, so only that layer
+    combines information across frames.
     """
 
     def __init__(self, frames_per_clip: int, num_classes: int = 2, width_mult: float = 1.0, dropout: float = 0.2):

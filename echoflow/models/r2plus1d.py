@@ -21,7 +21,7 @@ class Conv2Plus1d(nn.Sequential):
             nn.Conv3d(in_channels, middle, (1, 3, 3), (1, spatial_stride, spatial_stride), (0, 1, 1), bias=False),
             nn.BatchNorm3d(middle),
             nn.ReLU(inplace=True),
-            # Padding 1 keeps clips with a single frame valid: the temporal kernel then sees zeros around it.
+            # Padding 1 keeps clips with a single frame valid, because the kernel then covers zero padding.
             nn.Conv3d(middle, out_channels, (3, 1, 1), (temporal_stride, 1, 1), (1, 0, 0), bias=False),
         )
 
@@ -59,6 +59,7 @@ class R2Plus1d(nn.Module):
         super().__init__()
         check_width(width_mult, "r2plus1d")
         self.frames_per_clip = frames_per_clip
+
         stem_channels = max(4, int(round(16 * width_mult)))
         self.stem = nn.Sequential(
             nn.Conv3d(1, stem_channels, (1, 7, 7), (1, 2, 2), (0, 3, 3), bias=False),
@@ -69,6 +70,7 @@ class R2Plus1d(nn.Module):
             nn.ReLU(inplace=True),
             nn.MaxPool3d((1, 3, 3), (1, 2, 2), (0, 1, 1)),
         )
+
         channels = stem_channels
         blocks = []
         for out_channels, temporal_stride, spatial_stride in STAGES:
@@ -78,6 +80,7 @@ class R2Plus1d(nn.Module):
         self.stages = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
         for module in self.modules():
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
