@@ -274,10 +274,19 @@ def model_rows(metrics: dict[str, dict], timelines: dict[str, pd.DataFrame], sel
             "pr_auc": result.get("pr_auc"), "pr_auc_ci": _ci(result, "pr_auc"),
             "timeline_iou": float(iou.mean()) if len(iou) else None,
             "n_clips": result.get("n_clips"),
-            "notes": result.get("notes", []),
             "runtimes": latency.get("runtimes", {}),
+            "load_average": latency.get("load_average_1min"),
         })
     return rows
+
+
+def grouped_notes(metrics: dict[str, dict]) -> list[dict]:
+    """Return each distinct metrics note once, with the experiments it applies to."""
+    experiments_by_note: dict[str, list[str]] = {}
+    for name, result in metrics.items():
+        for note in result.get("notes", []):
+            experiments_by_note.setdefault(note, []).append(name)
+    return [{"note": note, "experiments": names} for note, names in experiments_by_note.items()]
 
 
 # Provenance ------------------------------------------------------------------------------------------------------
@@ -405,6 +414,7 @@ def build_context(inputs: ReportInputs, clips_per_class: int = 3) -> dict:
         "best": best,
         "select_metric": next((c for c in ("val_loss", "val_accuracy") if c in selection.columns), ""),
         "models": model_rows(metrics, timelines, selection, best),
+        "notes": grouped_notes(metrics),
         "training_image": figure_data_uri(training_figure(histories)),
         "confusion": confusion,
         "roc_image": figure_data_uri(roc) if roc is not None else None,
