@@ -149,6 +149,7 @@ class Context:
     val_weights: torch.Tensor | None
 
     def autocast(self):
+        # NOTE: the CUDA path (float16 autocast with GradScaler) has not been run on a GPU yet.
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
