@@ -60,6 +60,8 @@ class ReportInputs:
     selection: Path
     best_readme: Path
     config: dict = field(default_factory=dict)
+    # Folder inside the workflow's source tree, whose git commit the provenance section names.
+    source_dir: Path | None = None
 
 
 # Figures ---------------------------------------------------------------------------------------------------------
@@ -421,7 +423,7 @@ def build_context(inputs: ReportInputs, clips_per_class: int = 3) -> dict:
         "timelines": timeline_sections,
         "provenance": {
             "echoflow_version": __version__,
-            "git_commit": git_commit(Path.cwd()),
+            "git_commit": git_commit(inputs.source_dir or Path.cwd()),
             "packages": package_versions(),
             "config": json.dumps(inputs.config, indent=2, sort_keys=False, default=str),
             "inputs": input_checksums(all_input_paths(inputs)),

@@ -135,7 +135,8 @@ def build_inputs(folder: Path) -> report.ReportInputs:
     return report.ReportInputs(manifest=manifest, ignored=ignored, annotations=annotations, videos=videos,
                                splits=splits, summaries={"default": summary}, sample_sets={"default": train},
                                experiments=experiments, selection=selection, best_readme=readme,
-                               config={"raw_dir": "demo", "evaluation": {"bootstrap": 50}})
+                               config={"raw_dir": "demo", "evaluation": {"bootstrap": 50}},
+                               source_dir=Path(__file__).parent)
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +212,11 @@ def test_report_escapes_file_names(rendered):
     assert parse(text).scripts == 0
 
 
+def test_report_names_git_commit(rendered):
+    _, text = rendered
+    assert re.search(r"<th>Git commit</th><td>[0-9a-f]{40}(\+dirty)?</td>", text)
+
+
 def test_report_shows_data_qc(rendered):
     _, text = rendered
     assert text.count("no annotation project next to the video") == 1
@@ -238,6 +244,7 @@ def chromium_path() -> str | None:
 
 def browse(page: Path, profile: Path) -> tuple[str, str]:
     """Open a copy of ``page`` with the image probe in headless Chromium; return the DOM and the browser log."""
+    assert chromium_path(), "chromium not found on PATH; install it with .ci/install-chromium.sh"
     probed = page.with_name(page.stem + ".probe.html")
     probed.write_text(page.read_text(encoding="utf-8").replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
     command = [chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

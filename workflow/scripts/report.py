@@ -19,6 +19,6 @@ inputs = ReportInputs(
     summaries=dict(zip(snakemake.params.samplings, map(Path, files.summaries))),
     sample_sets=dict(zip(snakemake.params.samplings, map(Path, files.samples))),
     experiments=experiments, selection=Path(files.selection), best_readme=Path(files.best_readme),
-    config=snakemake.params.config,
+    config=snakemake.params.config, source_dir=Path(snakemake.scriptdir),
 )
 write_report(inputs, snakemake.output.html)
