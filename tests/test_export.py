@@ -118,3 +118,21 @@ def test_install_best_writes_readme(exported, tmp_path):
     for name in ("model.ts", "model.onnx", "preprocess.json", "selection.tsv"):
         assert (tmp_path / "best" / name).exists()
     assert (tmp_path / "best" / "model.onnx").read_bytes() == paths["model.onnx"].read_bytes()
+
+
+def test_stream_frames_skip_empty_store(tmp_path):
+    import h5py
+
+    empty, full = tmp_path / "empty.h5", tmp_path / "full.h5"
+    with h5py.File(empty, "w") as store:
+        store["frames"] = np.zeros((0, 4, 4), dtype=np.uint8)
+        store["timestamps_ms"] = np.zeros(0)
+    with h5py.File(full, "w") as store:
+        store["frames"] = np.ones((10, 4, 4), dtype=np.uint8)
+        store["timestamps_ms"] = np.arange(10) * 40.0
+    frames, frame_rate, source = latency.read_stream_frames([empty, full], count=6)
+    assert frames.shape == (6, 4, 4)
+    assert frame_rate == pytest.approx(25.0)
+    assert source == str(full)
+    with pytest.raises(ValueError, match="frame store"):
+        latency.read_stream_frames([empty], count=6)
