@@ -32,6 +32,16 @@ SNAKEMAKE_TIMEOUT_S = 1500
 SEGMENT_TARGETS = ["results/manifest.tsv", "results/splits.tsv", "results/segments/default/summary.tsv"]
 # The SLURM run goes on to training, evaluation and the report.
 REPORT_TARGETS = [*SEGMENT_TARGETS, "results/eval_report.html"]
+# Output of a rule added to the workflow copy that records a job's HDF5_USE_FILE_LOCKING.
+JOB_ENVIRONMENT = "job_environment.txt"
+JOB_ENVIRONMENT_RULE = f"""
+
+rule job_environment:
+    output:
+        "{JOB_ENVIRONMENT}",
+    shell:
+        "printf %s ${{{{HDF5_USE_FILE_LOCKING-unset}}}} > {{output}}"
+"""
 # Files that must be byte-identical between the local and the SLURM run.
 COMPARED_FILES = [
     "results/manifest.tsv",
@@ -173,6 +183,8 @@ def small_config(raw_dir: Path) -> dict:
 def copy_workflow(folder: Path, config: dict) -> Path:
     """Copy the workflow to ``folder`` with ``config`` as its default config, and return its Snakefile.
 
+    The copied Snakefile gains the rule ``job_environment``, which writes the job's HDF5_USE_FILE_LOCKING.
+
     A config file given on the command line is merged into the default config, so it cannot remove the
     default experiments. ``--replace-workflow-config`` would, but Snakemake 9.27 does not pass it on to
     the jobs it submits to SLURM, which then see the merged config. A copy whose default config is the
@@ -183,8 +195,9 @@ def copy_workflow(folder: Path, config: dict) -> Path:
     (folder / "config").mkdir()
     shutil.copy2(REPO / "config/schema.yaml", folder / "config/schema.yaml")
     (folder / "config/config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    shutil.copy2(REPO / "Snakefile", folder / "Snakefile")
-    return folder / "Snakefile"
+    snakefile = folder / "Snakefile"
+    snakefile.write_text((REPO / "Snakefile").read_text() + JOB_ENVIRONMENT_RULE)
+    return snakefile
 
 
 def tail(text: str, lines: int = 60) -> str:
@@ -230,7 +243,9 @@ def run_snakemake(workdir: Path, snakefile: Path, options: list[str], targets: l
         *options,
         *targets,
     ]
-    result = subprocess.run(command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    # The workflow itself must set HDF5_USE_FILE_LOCKING for its jobs, so the run starts without it.
+    environment = {name: value for name, value in os.environ.items() if name != "HDF5_USE_FILE_LOCKING"}
+    result = subprocess.run(command, cwd=REPO, env=environment, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     with open(workdir / "snakemake.out", "a", encoding="utf-8") as log:
         log.write(result.stdout)
@@ -264,7 +279,7 @@ def local_run(small_setup) -> Run:
 @pytest.fixture(scope="module")
 def slurm_run(cluster, small_setup) -> Run:
     root, _, snakefile = small_setup
-    run = run_on_slurm(cluster, root / "cluster", snakefile, REPORT_TARGETS)
+    run = run_on_slurm(cluster, root / "cluster", snakefile, [*REPORT_TARGETS, JOB_ENVIRONMENT])
     assert run.returncode == 0, f"SLURM run failed:\n{tail(run.output)}"
     return run
 
@@ -323,6 +338,12 @@ def test_train_job_gets_gpu(cluster, slurm_run):
     assert len(train_jobs) == 1
     details = job_details(train_jobs[0].job_id)
     assert details.get("TresPerJob", "").endswith("gpu:1"), f"train job fields: {details}"
+
+
+@pytest.mark.slurm
+def test_slurm_job_disables_hdf5_locking(slurm_run):
+    assert "job_environment" in {job.rule for job in slurm_run.jobs}
+    assert (slurm_run.workdir / JOB_ENVIRONMENT).read_text() == "FALSE"
 
 
 @pytest.mark.slurm
