@@ -18,6 +18,8 @@ IGNORED_COLUMNS = ["path", "reason"]
 
 SESSION_PATTERN = re.compile(r"^[Tt]\d+$")
 EXTRAS_FOLDER = "extras"
+# Snakemake 9 replaces "<name>" in every input path with a path variable and fails when none is defined.
+SNAKEMAKE_PATHVAR = re.compile(r"<[a-z][a-z0-9_]*>")
 
 
 @dataclass
@@ -114,6 +116,15 @@ def _unique_ids(sessions: list[SessionFiles]) -> list[str]:
     return ids
 
 
+def _pathvar_in(paths: list[Path | None]) -> str | None:
+    """Return the first "<name>" in the paths, which Snakemake would expand as a path variable."""
+    for path in paths:
+        match = SNAKEMAKE_PATHVAR.search(str(path)) if path is not None else None
+        if match:
+            return match.group(0)
+    return None
+
+
 def build_manifest(raw_dir: str | Path, positive_values: list[str] | tuple[str, ...] = (),
                    empty_project: str = "exclude") -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Pair each video with its annotation and decide which videos the workflow uses.
@@ -141,8 +152,13 @@ def build_manifest(raw_dir: str | Path, positive_values: list[str] | tuple[str, 
         annotation, problem = _choose_annotation(files)
         row = _row(files, identifier, files.videos[0], annotation)
         rows.append(row)
+        pathvar = _pathvar_in([files.videos[0], annotation])
         if problem:
             row.update(status="excluded", reason=problem)
+        elif pathvar:
+            row.update(status="excluded", reason=(
+                f"the path contains {pathvar!r}, which Snakemake reads as a path variable; rename the file or "
+                "folder without angle brackets"))
         elif annotation is None:
             row.update(status="excluded", reason="no annotation (.json) in the session folder")
         else:
