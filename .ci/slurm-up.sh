@@ -34,7 +34,7 @@ fi
 # Daemons from an earlier run of this script are stopped first, so every start has a clean state.
 if [[ -f $PID_FILE ]]; then
     log "found $PID_FILE from an earlier start; stopping those processes first"
-    "$(dirname "$0")/slurm-down.sh"
+    bash "$(dirname "$0")/slurm-down.sh"
 fi
 
 install_packages() {
@@ -49,12 +49,30 @@ install_packages() {
         return
     fi
     log "installing ${missing[*]}"
-    # The packages' maintainer scripts may try to start the services. Without systemd that fails
-    # harmlessly, and the daemons are started below instead.
-    timeout -k 10 300 apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive timeout -k 10 600 \
-        apt-get install -y -qq --no-install-recommends munge slurmctld slurmd slurm-client >"$STATE_DIR/apt.log" 2>&1 \
-        || { log "apt-get install failed; see $STATE_DIR/apt.log"; tail -20 "$STATE_DIR/apt.log" >&2; exit 1; }
+    # The packages' maintainer scripts start the services through their init scripts unless
+    # policy-rc.d forbids it. Those daemons would not be in the PID file, so a policy-rc.d that
+    # forbids every start is put in place for the install when the machine has none.
+    local temporary_policy=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        temporary_policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$temporary_policy"
+        chmod 0755 "$temporary_policy"
+    fi
+    local status=0
+    timeout -k 10 300 apt-get update -qq || status=$?
+    if ((status == 0)); then
+        DEBIAN_FRONTEND=noninteractive timeout -k 10 600 \
+            apt-get install -y -qq --no-install-recommends munge slurmctld slurmd slurm-client \
+            >"$STATE_DIR/apt.log" 2>&1 || status=$?
+    fi
+    if [[ -n $temporary_policy ]]; then
+        rm -f "$temporary_policy"
+    fi
+    if ((status != 0)); then
+        log "apt-get failed with exit status $status; see $STATE_DIR/apt.log"
+        tail -20 "$STATE_DIR/apt.log" >&2 || true
+        exit 1
+    fi
 }
 
 # Write slurm.conf before any Slurm command runs: without it the client looks up the controller in DNS.
@@ -139,10 +157,14 @@ wait_for() {
 
 started_at=$SECONDS
 mkdir -p "$STATE_DIR"
+# Logs of an earlier start would be mistaken for this one's when a daemon fails.
+rm -f "$STATE_DIR"/*.log "$STATE_DIR"/*.out
 install_packages
 write_slurm_conf
 ensure_munge_key
 : >"$PID_FILE"
+# A failed start stops the daemons it has started.
+trap 'status=$?; if ((status != 0)); then bash "$(dirname "$0")/slurm-down.sh"; fi' EXIT
 
 start_daemon munged setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged --foreground
 wait_for "munged" "munge -n </dev/null | unmunge"
