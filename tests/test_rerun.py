@@ -254,6 +254,9 @@ def test_killed_frames_job_recovers(finished):
 
     process = runs.start_snakemake(finished, targets=["results/qc/videos.tsv"])
     kill_when(process, "frames.py", ready=lambda: True)
+    # A killed snakemake leaves its lock on the working folder.
+    unlock = runs.run_snakemake(finished, extra_args=["--unlock"])
+    assert unlock.returncode == 0, unlock.tail()
 
     rerun = runs.run_snakemake(finished, targets=["results/qc/videos.tsv"], extra_args=["--rerun-incomplete"])
 
@@ -276,6 +279,8 @@ def test_killed_training_resumes(finished):
     process = runs.start_snakemake(finished, targets=["results/models/tiny/model.pt"])
     kill_when(process, "train.py", ready=state.exists)
     assert state.exists()
+    unlock = runs.run_snakemake(finished, extra_args=["--unlock"])
+    assert unlock.returncode == 0, unlock.tail()
 
     rerun = runs.run_snakemake(finished, targets=["results/models/tiny/model.pt"], extra_args=["--rerun-incomplete"])
 
