@@ -39,9 +39,10 @@ rule latency:
     params:
         repeats=EVALUATION["latency_repeats"],
         threads=EVALUATION["latency_threads"],
-    # NOTE: other jobs of the same run may share the CPU while this one times the model; latency.json
-    # records the load average so a disturbed measurement can be recognised.
-    threads: EVALUATION["latency_threads"]
+    # Reserving every core of a local run keeps other jobs of the workflow from sharing the CPU while the
+    # model is timed; the script itself uses params.threads. Processes outside the workflow can still
+    # interfere, so latency.json records the load average next to the times.
+    threads: max(EVALUATION["latency_threads"], workflow.cores)
     resources:
         mem_mb=2000,
         runtime=15,
