@@ -221,3 +221,23 @@ def report_inputs(wildcards):
         "selection": "results/best_model/selection.tsv",
         "best_readme": "results/best_model/README.txt",
     }
+
+
+# Training
+
+import echoflow.training_settings as echoflow_training
+
+
+def train_inputs(wildcards):
+    """Return the train and val segment sets of the experiment's sampling."""
+    if wildcards.experiment not in EXPERIMENTS:
+        raise WorkflowError(
+            f"Experiment {wildcards.experiment!r} is not defined; defined experiments: {', '.join(EXPERIMENTS)}. "
+            "Add it under 'experiments' or 'sweep' in the config.")
+    sampling = experiment_sampling(wildcards.experiment)
+    return {split: f"results/segments/{sampling}/{split}.h5" for split in ("train", "val")}
+
+
+def train_settings(wildcards):
+    """Return the experiment's settings with defaults filled in; a change reruns only this experiment."""
+    return echoflow_training.resolve_settings(EXPERIMENTS[wildcards.experiment])
