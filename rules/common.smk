@@ -45,9 +45,22 @@ def raw_tree_fingerprint():
     return entries
 
 
+_MANIFEST_CACHE = {}
+
+
 def manifest_table():
-    """Read the manifest written by the manifest checkpoint."""
-    return pd.read_csv(checkpoints.manifest.get().output.manifest, sep="\t", dtype=str, keep_default_na=False)
+    """Read the manifest written by the manifest checkpoint; return a copy that callers may change.
+
+    Input functions call this once or more per job, so the parsed table is kept for as long as the file's
+    modification time and size stay the same (a rerun of the manifest within one invocation changes them).
+    """
+    path = checkpoints.manifest.get().output.manifest
+    status = os.stat(path)
+    key = (path, status.st_mtime_ns, status.st_size)
+    if key not in _MANIFEST_CACHE:
+        _MANIFEST_CACHE.clear()
+        _MANIFEST_CACHE[key] = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    return _MANIFEST_CACHE[key].copy()
 
 
 def ok_video_ids():
