@@ -1,6 +1,6 @@
 """Bad inputs: each gives its documented error or QC exclusion, and the raw tree stays byte-identical.
 
-One raw tree holds every bad-data case in its own participant folder, next to good videos. One snakemake run
+One raw tree contains every bad-data case in its own participant folder, next to good videos. One snakemake run
 builds the manifest, and a second builds the labels of every ok video with --keep-going, so a case that
 fails its own job leaves the others running. Config cases run ``snakemake --dry-run`` on one changed config.
 """
@@ -124,12 +124,12 @@ def make_named(name):
 
 JSON_WITHOUT_METADATA = json.dumps({"project": {"pname": "x"}, "attribute": {}, "file": {"1": {"fname": "echo.mp4"}}})
 
-# participant folder -> (how to make it, expected outcome). Outcomes:
-#   ("excluded", text): the manifest excludes the video and its reason contains text;
-#   ("frames_error", text): the video's frames job fails and its log contains text;
-#   ("interval", status, text): labels are written and an interval has this status and note text;
-#   ("qc_segment", text): labels are written and the QC annotation table has a segment note containing text;
-#   ("intervals", n): labels are written with n merged intervals, sorted by start;
+# Participant folder -> (function that writes the case, expected outcome). The outcome kinds:
+#   ("excluded", text): the manifest excludes the video, and its reason contains text.
+#   ("frames_error", text): the video's frames job fails, and its log contains text.
+#   ("interval", status, text): labels are written, and the interval has this status and note text.
+#   ("qc_segment", text): labels are written, and a segment note in the QC annotation table contains text.
+#   ("intervals", n): labels are written with n merged intervals, sorted by start.
 #   ("ok", None): labels are written.
 DATA_CASES = {
     "corrupt": (make_corrupt, ("frames_error", "echo.mp4")),
@@ -164,7 +164,10 @@ def manifest_rows(workdir: Path, participant: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def bad_tree(tmp_path_factory):
-    """Build the tree, run the manifest and then every ok video's labels; return the folder, runs and digests."""
+    """Build the tree, then run the manifest and the labels of every ok video.
+
+    Returns the working folder, the labels run and the raw tree's digests before and after both runs.
+    """
     workdir = tmp_path_factory.mktemp("bad-inputs")
     runs.write_workflow(workdir)
     raw = workdir / "raw"

@@ -252,8 +252,10 @@ def test_killed_frames_job_recovers(finished):
     config["preprocess"]["size"] = [24, 24]
     runs.write_config(finished, config)
 
+    frames = finished / "results/frames"
     process = runs.start_snakemake(finished, targets=["results/qc/videos.tsv"])
-    kill_when(process, "frames.py", ready=lambda: True)
+    # Kill while a store is half written: atomic_output writes it as .<name>.partial-<pid> first.
+    kill_when(process, "frames.py", ready=lambda: any(frames.glob(".*.partial-*")))
     # A killed snakemake leaves its lock on the working folder.
     unlock = runs.run_snakemake(finished, extra_args=["--unlock"])
     assert unlock.returncode == 0, unlock.tail()
@@ -267,7 +269,10 @@ def test_killed_frames_job_recovers(finished):
             assert store.attrs["status"] == "ok"
             assert store["frames"].shape[1:] == (24, 24)
             assert store["frames"].shape[0] == store["timestamps_ms"].shape[0] > 0
-    assert not list((finished / "results/frames").glob("*.tmp*"))
+    # NOTE: the killed job's partial file stays behind (nothing removes it after SIGKILL); it is hidden and
+    # never read, because stores are found by their final names.
+    partial = [path.name for path in frames.glob(".*.partial-*")]
+    assert len(partial) <= 1, partial
 
 
 def test_killed_training_resumes(finished):
