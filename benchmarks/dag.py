@@ -4,7 +4,7 @@ Builds a raw tree of small synthetic H.264 videos (tests/synthetic.py, 96x64 pix
 VIA project each, runs the workflow to the end once, then times dry runs of the finished workflow. The dry
 run plans every job, so its time is what each snakemake start costs before any job runs.
 
-Usage: python benchmarks/dag.py [--videos 200] [--workdir /tmp/echoflow-dag] [--repeats 3]
+Usage: python benchmarks/dag.py [--videos 200] [--workdir /tmp/echoflow-dag] [--repeats 3] [--reuse]
 Prints name=value lines, ending with dryrun_seconds=<median> and jobs=<jobs of the full run>.
 """
 
@@ -55,19 +55,12 @@ def timed(command: list[str], workdir: Path) -> tuple[float, subprocess.Complete
     return time.perf_counter() - start, result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--videos", type=int, default=200, help="number of videos in the raw tree")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/echoflow-dag"), help="working folder (replaced)")
-    parser.add_argument("--repeats", type=int, default=3, help="number of timed dry runs; the median is printed")
-    parser.add_argument("--cores", type=int, default=2, help="--cores of the full run")
-    arguments = parser.parse_args()
-
-    workdir = arguments.workdir
+def build_and_run(workdir: Path, videos: int, cores: int) -> int:
+    """Write a new working folder and raw tree, run the workflow to the end and return its number of jobs."""
     shutil.rmtree(workdir, ignore_errors=True)
     runs.make_workdir(workdir, config=config())
     start = time.perf_counter()
-    build_tree(workdir / "raw", arguments.videos)
+    build_tree(workdir / "raw", videos)
     print(f"tree_seconds={time.perf_counter() - start:.1f}")
 
     planned_seconds, planned = timed(runs.snakemake_command(workdir, extra_args=["--dry-run"]), workdir)
@@ -76,11 +69,38 @@ def main() -> None:
     # Before the manifest exists, a dry run lists the jobs up to the manifest checkpoint only.
     print(f"dryrun_from_scratch_seconds={planned_seconds:.2f}")
 
-    run_seconds, full = timed(runs.snakemake_command(workdir, cores=arguments.cores), workdir)
+    run_seconds, full = timed(runs.snakemake_command(workdir, cores=cores), workdir)
     if full.returncode != 0:
         sys.exit(full.stdout[-3000:] + full.stderr[-3000:])
-    jobs = runs.parse_jobs(full.stdout + full.stderr)
     print(f"run_seconds={run_seconds:.1f}")
+    jobs = len(runs.parse_jobs(full.stdout + full.stderr))
+    (workdir / "jobs.txt").write_text(str(jobs), encoding="utf-8")
+    return jobs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=200, help="number of videos in the raw tree")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/echoflow-dag"), help="working folder (replaced)")
+    parser.add_argument("--repeats", type=int, default=3, help="number of timed dry runs; the median is printed")
+    parser.add_argument("--cores", type=int, default=2, help="--cores of the full run")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep a finished working folder from an earlier call and only refresh its workflow code")
+    arguments = parser.parse_args()
+
+    workdir = arguments.workdir
+    if arguments.reuse:
+        for part in runs.WORKFLOW_PARTS:
+            target = workdir / part
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        runs.write_workflow(workdir)
+        runs.write_config(workdir, config())
+        arguments.videos = len(list((workdir / "raw").rglob("*.mp4")))
+    else:
+        build_and_run(workdir, arguments.videos, arguments.cores)
 
     durations = []
     for _ in range(arguments.repeats):
@@ -91,7 +111,8 @@ def main() -> None:
     print(f"videos={arguments.videos}")
     print("dryrun_runs=" + ",".join(f"{seconds:.2f}" for seconds in durations))
     print(f"dryrun_seconds={statistics.median(durations):.2f}")
-    print(f"jobs={len(jobs)}")
+    jobs_file = workdir / "jobs.txt"
+    print(f"jobs={jobs_file.read_text(encoding='utf-8') if jobs_file.exists() else 'unknown'}")
 
 
 if __name__ == "__main__":
