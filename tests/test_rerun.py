@@ -269,8 +269,8 @@ def test_killed_frames_job_recovers(finished):
             assert store.attrs["status"] == "ok"
             assert store["frames"].shape[1:] == (24, 24)
             assert store["frames"].shape[0] == store["timestamps_ms"].shape[0] > 0
-    # NOTE: the killed job's partial file stays behind (nothing removes it after SIGKILL); it is hidden and
-    # never read, because stores are found by their final names.
+    # NOTE: the killed job's partial file stays behind, because nothing runs after SIGKILL to remove it.
+    # It is hidden and never read, since stores are found by their final names.
     partial = [path.name for path in frames.glob(".*.partial-*")]
     assert len(partial) <= 1, partial
 

