@@ -7,6 +7,7 @@ fails its own job leaves the others running. Config cases run ``snakemake --dry-
 
 import json
 import os
+import re
 import stat
 from fractions import Fraction
 from pathlib import Path
@@ -15,6 +16,7 @@ import av
 import pandas as pd
 import pytest
 
+import echoflow.config as echoflow_config
 import synthetic
 import workflow_runs as runs
 from echoflow.via import write_project
@@ -316,8 +318,28 @@ CONFIG_CASES = {
 }
 
 
+def check_config(config: dict) -> None:
+    """Validate a config as rules/common.smk does when snakemake starts."""
+    echoflow_config.validate(config, echoflow_config.load_schema(runs.REPOSITORY / "config/schema.yaml"))
+    echoflow_config.experiments(config)
+
+
 @pytest.mark.parametrize("case", list(CONFIG_CASES))
-def test_invalid_config(tmp_path, case):
+def test_invalid_config_message(case):
+    change, expected = CONFIG_CASES[case]
+    config = base_config()
+    change(config)
+    with pytest.raises(echoflow_config.ConfigError, match=re.escape(expected)):
+        check_config(config)
+
+
+def test_base_config_valid():
+    check_config(base_config())
+
+
+# Each snakemake start costs several seconds, so three cases (one per kind of check) run end to end.
+@pytest.mark.parametrize("case", ["type", "unknown-key", "unknown-sampling"])
+def test_invalid_config_stops_snakemake(tmp_path, case):
     change, expected = CONFIG_CASES[case]
     runs.write_workflow(tmp_path)
     raw = case_folder(tmp_path / "raw", "P1")
