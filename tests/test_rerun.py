@@ -90,6 +90,8 @@ def test_learning_rate_reruns_training_only(finished):
     assert run.returncode == 0, run.tail()
     assert run.rules == {"train"} | MODEL_STAGES
     assert job_counts(run)["train"] == 1
+    for rule in ("train", "export", "latency", "evaluate", "timelines"):
+        assert run.wildcard_values(rule, "experiment") == {"tiny"}, rule
     model, checkpoint = load_model(finished / "results/models/tiny/model.pt")
     assert checkpoint["experiment"]["learning_rate"] == 0.002
 

@@ -30,7 +30,8 @@ WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config", "envs")
 # The minimum demo tree: 6 participants, 12-13 s at 5 fps (13 videos, 11 annotated, about 800 frames).
 SMALL_DEMO = {"seed": 11, "participants": 6, "duration_s": [12, 13], "fps": 5}
 
-# One small experiment and short evaluation: a full run took 57 s on 2 cores (100 s with other jobs running).
+# A small experiment and short evaluation: a run with one such experiment took 57 s on 2 cores (100 s with other
+# jobs running).
 TINY_EXPERIMENT = {
     "model": "mobilenet_v1",
     "model_args": {"width_mult": 0.25},
@@ -58,7 +59,8 @@ def tiny_config(raw_dir: str = "raw") -> dict:
         "sampling": {"default": {"seed": 99, "frames_per_clip": 2, "stride": 1, "max_background_s": 6.0,
                                  "clips_per_interval": 3, "min_clip_frames": 2, "short_intervals": "pad",
                                  "balance": "downsample", "sliding_window": None}},
-        "experiments": {"tiny": dict(TINY_EXPERIMENT)},
+        # Two experiments, so a test can check that changing one leaves the other alone.
+        "experiments": {"tiny": dict(TINY_EXPERIMENT), "tiny_b": dict(TINY_EXPERIMENT, seed=8)},
         "sweep": {},
         "evaluation": {"seed": 5, "bootstrap": 20, "latency_repeats": 5, "latency_threads": 1,
                        "select_metric": "val_loss"},
