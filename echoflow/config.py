@@ -73,7 +73,19 @@ def format_error(error: jsonschema.ValidationError, source: str) -> str:
     if error.validator == "required":
         missing = [k for k in error.validator_value if k not in value]
         return f"{source}: missing key {', '.join(repr(k) for k in missing)} under '{key}'. Add it as in config/config.yaml."
-    return f"{source}: invalid value {value!r} for '{key}'; expected {_allowed(error)}."
+    message = f"{source}: invalid value {value!r} for '{key}'; expected {_allowed(error)}."
+    if error.validator == "type" and isinstance(value, str) and _is_number(value):
+        message += (f" YAML reads {value} as text because it has no decimal point; "
+                    f"write it as {float(value)!r} instead.")
+    return message
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def validate(config: dict, schema: dict, source: str = "config") -> None:

@@ -1,5 +1,6 @@
 # Configuration checks and input functions shared by the rules.
 
+import hashlib
 import os
 
 import pandas as pd
@@ -30,19 +31,21 @@ def raw_tree_inputs(wildcards):
 
 
 def raw_tree_fingerprint():
-    """List path, size and modification time of every file in a user's raw tree.
+    """Return a SHA-256 digest of the path, size and modification time of every file in a user's raw tree.
 
-    Passed as params, so adding, removing or editing a file reruns the manifest. The demo tree is tracked
-    by its checksum list instead, because it does not exist yet when a fresh clone is first planned.
+    Passed as params, so adding, removing or editing a file reruns the manifest; a digest keeps Snakemake's
+    rerun reason short on trees with thousands of files. The demo tree is tracked by its checksum list
+    instead, because it does not exist yet when a fresh clone is first planned.
     """
     if config["raw_dir"] == "demo" or not os.path.isdir(RAW_DIR):
-        return []
-    entries = []
+        return ""
+    digest = hashlib.sha256()
     for folder, _, names in sorted(os.walk(RAW_DIR)):
         for name in sorted(names):
-            stat = os.stat(os.path.join(folder, name))
-            entries.append(f"{os.path.relpath(os.path.join(folder, name), RAW_DIR)}:{stat.st_size}:{stat.st_mtime_ns}")
-    return entries
+            path = os.path.join(folder, name)
+            stat = os.stat(path)
+            digest.update(f"{os.path.relpath(path, RAW_DIR)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 _MANIFEST_CACHE = {}

@@ -58,3 +58,13 @@ def test_sweep_unknown_base_rejected():
     config["sweep"] = {"lr": {"base": "nope", "grid": {"learning_rate": [0.01]}}}
     with pytest.raises(echoflow_config.ConfigError, match="nope"):
         echoflow_config.validate(config, SCHEMA)
+
+
+def test_exponent_without_point_hint():
+    config = default_config()
+    config["experiments"]["squeezenet"]["learning_rate"] = "5e-4"
+    with pytest.raises(echoflow_config.ConfigError) as raised:
+        echoflow_config.validate(config, SCHEMA)
+    assert "'5e-4'" in str(raised.value)
+    assert "0.0005" in str(raised.value)
+
