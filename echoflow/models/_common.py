@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 
 def make_divisible(value: float, divisor: int = 8, minimum: int | None = None) -> int:
@@ -29,3 +30,16 @@ def check_input(clips: torch.Tensor, frames_per_clip: int, name: str) -> None:
 def check_width(width_mult: float, name: str) -> None:
     if not width_mult > 0:
         raise ValueError(f"{name}: width_mult must be > 0, got {width_mult!r}.")
+
+
+def initialize_weights(model: nn.Module) -> None:
+    """Initialise convolutions (He, fan-out), batch norms (identity) and linear layers (N(0, 0.01)) in place."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0, 0.01)
+            nn.init.zeros_(module.bias)

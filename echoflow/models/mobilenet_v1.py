@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from echoflow.models._common import check_input, check_width, make_divisible
+from echoflow.models._common import check_input, check_width, initialize_weights, make_divisible
 
 # (output channels, stride) of the depthwise-separable blocks after the stem, from Table 1 of the paper.
 BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -41,21 +41,10 @@ class MobileNetV1(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
-        _initialise(self)
+        initialize_weights(self)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         check_input(clips, self.frames_per_clip, "mobilenet_v1")
         features = self.features(clips.flatten(1, 2))
         return self.classifier(self.pool(features).flatten(1))
 
-
-def _initialise(model: nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(module, nn.BatchNorm2d):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0, 0.01)
-            nn.init.zeros_(module.bias)

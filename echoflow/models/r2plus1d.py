@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from echoflow.models._common import check_input, check_width
+from echoflow.models._common import check_input, check_width, initialize_weights
 
 # Output channels and (temporal, spatial) stride of the four residual stages at width_mult 1.
 STAGES = [(16, 1, 1), (32, 1, 2), (64, 2, 2), (128, 2, 2)]
@@ -81,15 +81,7 @@ class R2Plus1d(nn.Module):
         self.pool = nn.AdaptiveAvgPool3d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.BatchNorm3d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0, 0.01)
-                nn.init.zeros_(module.bias)
+        initialize_weights(self)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         check_input(clips, self.frames_per_clip, "r2plus1d")
