@@ -71,7 +71,7 @@ def scan(raw_dir: str | Path) -> tuple[list[SessionFiles], list[tuple[str, str]]
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(
-            f"raw_dir {str(raw_dir)!r} not found or not a directory. Set raw_dir in the config to the folder that holds "
+            f"raw_dir {str(raw_dir)!r} not found or not a directory. Set raw_dir in the config to the folder that contains "
             "<participant>/<T1|T2|T3>/ folders, or to 'demo'.")
     sessions: dict[tuple[str, str], SessionFiles] = {}
     ignored: list[tuple[str, str]] = []

@@ -19,7 +19,7 @@ def write_json(path: Path, project) -> Path:
 
 
 def project_with(segments, attributes=None, av_key="1"):
-    """Build a VIA 3 project whose metadata holds the given (z, value) pairs."""
+    """Build a VIA 3 project whose metadata contains the given (z, value) pairs."""
     project = project_dict("P-1 echo.mp4", [])
     if attributes is not None:
         project["attribute"] = attributes
