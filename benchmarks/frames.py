@@ -3,7 +3,7 @@
 Prints ``name=value`` lines; the last two are ``decode_ratio`` (frames-stage speed / decode-only speed, target
 >= 0.8) and ``size_ratio`` (store size / the same frames as float32, target <= 0.25).
 
-    python benchmarks/frames.py [--seconds 20] [--threads N] [--repeats 3] [--workdir DIR]
+    python benchmarks/frames.py [--seconds 20] [--threads N] [--repeats 5] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="video length in seconds (default 20)")
     parser.add_argument("--fps", type=float, default=30.0, help="frame rate of the video (default 30)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="decoder threads (default: all CPUs)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs of each measurement; the fastest counts (default 5)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="folder for the video and store; a video already there is reused (default: temporary)")
     args = parser.parse_args()

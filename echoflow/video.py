@@ -60,6 +60,7 @@ class VideoInfo:
 class DecodeStats:
     """Counts from one decoding pass; ``frames_decoded`` includes frames skipped by a stride."""
 
+    info: VideoInfo | None = None  # Set when the video has been opened.
     frames_decoded: int = 0
     corrupt_frames: int = 0
     pixel_formats: set[str] = field(default_factory=set)
@@ -154,6 +155,7 @@ def iter_frames(path: str | Path, threads: int = 1,
     path = Path(path)
     stats = stats if stats is not None else DecodeStats()
     container, stream, info = open_video(path, threads)
+    stats.info = info
     last_ms: float | None = None
     with container:
         try:

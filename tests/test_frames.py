@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import synthetic
-from echoflow.frames import Box, Settings, build_store, open_store, reduced_frames, video_qc_table
+from echoflow.frames import (Box, Settings, build_store, effective_box, open_store, reduce_frame, reduced_frames,
+                             video_qc_table)
 from echoflow.video import DecodeStats, VideoError
 
 LAYOUT = synthetic.Layout()  # 320x240 with the sector box at x=60, y=30, 200x180.
@@ -159,6 +160,41 @@ def test_store_chunks_and_compression(videos, tmp_path):
     with h5py.File(tmp_path / "s.h5", "r") as store:
         assert store["frames"].chunks[0] <= 4
         assert store["frames"].compression in ("gzip", "lzf")
+
+
+def test_store_chunks_decompress_with_zlib(videos, tmp_path):
+    """Chunks written directly must be plain zlib streams, as HDF5's deflate filter expects."""
+    import zlib
+
+    build_store(videos["good"], tmp_path / "s.h5", preprocess(mask="none"))
+    with h5py.File(tmp_path / "s.h5", "r") as store:
+        frames = store["frames"]
+        _, raw = frames.id.read_direct_chunk((3, 0, 0))
+        assert np.array_equal(np.frombuffer(zlib.decompress(raw), np.uint8).reshape(frames.shape[1:]), frames[3])
+
+
+def test_reduce_frame_matches_area_resize():
+    """The halve-bilinear-halve reduction stays within a grey level of one area resize of the whole crop."""
+    rng = np.random.default_rng(7)
+    picture = cv2.GaussianBlur(rng.integers(0, 256, (1080, 1920), np.uint8), (0, 0), 2.0)
+    picture = cv2.add(picture, np.tile(np.arange(1920, dtype=np.uint8)[None] // 8, (1080, 1)))
+    box, size = Box(480, 120, 1130, 810), (128, 128)
+    reference = cv2.resize(picture[120:930, 480:1610], size, interpolation=cv2.INTER_AREA)
+    reduced = reduce_frame(picture, True, effective_box(box, size), size)
+    difference = np.abs(reduced.astype(int) - reference)
+    assert reduced.shape == (128, 128)
+    assert difference.mean() < 1.0
+    assert np.percentile(difference, 99) <= 5
+
+
+@pytest.mark.parametrize(("box", "size", "expected"), [
+    (Box(480, 120, 1130, 810), (128, 128), Box(480, 120, 1130, 810)),  # halved once: even sizes are kept
+    (Box(0, 0, 1131, 811), (128, 128), Box(0, 0, 1130, 810)),
+    (Box(0, 0, 1031, 1030), (64, 64), Box(0, 0, 1024, 1024)),  # halved three times
+    (Box(0, 0, 200, 150), (128, 128), Box(0, 0, 200, 150)),  # smaller than twice the size: no halving
+])
+def test_effective_box_trims_only_for_halving(box, size, expected):
+    assert effective_box(box, size) == expected
 
 
 def test_store_opens_read_only(good_store, videos, tmp_path):
