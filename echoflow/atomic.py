@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 from pathlib import Path
 from typing import Iterator
@@ -13,11 +14,15 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` and rename it to ``target`` when the block succeeds.
 
     The temporary file is removed if the block raises. Renaming within one folder is atomic on POSIX file
-    systems, so readers see either the old file, no file, or the complete new one.
+    systems, so readers see either the old file, no file, or the complete new one. Temporary files of the same
+    target left by killed processes are deleted first. This is safe because Snakemake runs at most one job per
+    output at a time, and its lock stops a second run in the same working folder.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.partial-*"):
+        stale.unlink(missing_ok=True)
     try:
         yield temporary
         os.replace(temporary, target)
