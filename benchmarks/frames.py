@@ -76,11 +76,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5,
                         help="runs of each measurement; the fastest counts (default 5)")
     parser.add_argument("--workdir", type=Path, default=None,
-                        help="folder for the video and store; a video already there is reused (default: temporary)")
+                        help="folder for the video and store, kept afterwards; a video already there is reused "
+                             "(default: a temporary folder, deleted at the end)")
     args = parser.parse_args()
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        measure(args, args.workdir)
+        return
+    with tempfile.TemporaryDirectory(prefix="echoflow-bench-frames-") as folder:
+        measure(args, Path(folder))
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="echoflow-bench-frames-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+
+def measure(args: argparse.Namespace, workdir: Path) -> None:
+    """Write the test video into ``workdir`` unless it is there, time both loops and print the figures."""
     frame_count = int(round(args.seconds * args.fps))
     video = workdir / f"capture_{frame_count}f_{LAYOUT.width}x{LAYOUT.height}.mp4"
     if not video.exists():

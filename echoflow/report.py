@@ -28,8 +28,9 @@ from echoflow.timeline import read_traces
 
 log = logging.getLogger("echoflow.report")
 
-PACKAGES = ("echoflow", "snakemake", "torch", "onnx", "onnxruntime", "numpy", "pandas", "scikit-learn", "h5py",
-            "opencv-python-headless", "av", "matplotlib", "jinja2")
+# echoflow's own version has a row of its own in the provenance table.
+PACKAGES = ("snakemake", "torch", "onnx", "onnxruntime", "numpy", "pandas", "scikit-learn", "h5py",
+            "opencv-python-headless", "av", "isal", "matplotlib", "jinja2")
 CLASS_NAMES = ("background", "4CV")
 DPI = 80
 

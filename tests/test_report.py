@@ -217,6 +217,15 @@ def test_report_names_git_commit(rendered):
     assert re.search(r"<th>Git commit</th><td>[0-9a-f]{40}(\+dirty)?</td>", text)
 
 
+def test_provenance_lists_each_package_once(rendered):
+    _, text = rendered
+    provenance = text[text.index('<section id="provenance">'):]
+    packages = re.findall(r"<tr><th>([^<]+)</th><td>", provenance)
+    assert packages.count("echoflow") == 1
+    assert len(packages) == len(set(packages))
+    assert "isal" in packages
+
+
 def test_report_shows_data_qc(rendered):
     _, text = rendered
     assert text.count("no annotation project next to the video") == 1

@@ -61,6 +61,26 @@ def test_nothing_changed_runs_nothing(finished):
     assert "Nothing to be done" in run.output
 
 
+def test_deleted_store_rebuilt_on_request(finished):
+    video_id = ok_videos(finished)[0]
+    (finished / f"results/frames/{video_id}.h5").unlink()
+
+    untouched = runs.run_snakemake(finished, extra_args=["--dry-run"])
+    requested = runs.run_snakemake(finished, targets=[f"results/frames/{video_id}.h5"])
+    after = runs.run_snakemake(finished, extra_args=["--dry-run"])
+
+    # The files made from the store are still there, so nothing needs the store until it is requested.
+    assert untouched.returncode == 0, untouched.tail()
+    assert untouched.jobs == []
+    assert requested.returncode == 0, requested.tail()
+    assert requested.rules == {"frames"}
+    assert requested.wildcard_values("frames", "video_id") == {video_id}
+    # The rebuilt store is newer than the labels made from it, so its downstream jobs rerun next.
+    assert after.returncode == 0, after.tail()
+    assert after.wildcard_values("labels", "video_id") == {video_id}
+    assert "frames" not in after.rules
+
+
 def test_annotation_edit_reruns_its_labels(finished):
     row = video_in_split(finished, "train")
     path = finished / row["annotation"]
