@@ -7,6 +7,7 @@ import pandas as pd
 from snakemake.exceptions import WorkflowError
 
 import echoflow.config as echoflow_config
+from echoflow.codeversion import code_digest
 
 try:
     echoflow_config.validate(config, echoflow_config.load_schema(workflow.source_path("../config/schema.yaml")))
@@ -23,6 +24,15 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     sampling=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     split=r"train|val|test",
+
+
+def package_code(script):
+    """Return the digest of the echoflow modules that workflow/scripts/<script> runs.
+
+    Every rule passes it as its ``code`` param, so a change in those modules reruns the rule, as an edit of
+    the script itself does (Snakemake's code trigger sees only the script).
+    """
+    return code_digest(workflow.source_path(f"../workflow/scripts/{script}"))
 
 
 def raw_tree_inputs(wildcards):

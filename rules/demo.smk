@@ -10,6 +10,7 @@ rule demo_data:
     benchmark:
         "benchmarks/out/demo_data/demo_data.tsv"
     params:
+        code=package_code("demo_data.py"),
         demo=config.get("demo", {}),
         # The tree is the folder beside the stamp: resources/demo/raw.
         raw_dir=lambda wildcards, output: os.path.splitext(output.stamp)[0],

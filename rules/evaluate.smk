@@ -14,6 +14,8 @@ rule export:
         "logs/export/{experiment}.log",
     benchmark:
         "benchmarks/out/export/{experiment}.tsv"
+    params:
+        code=package_code("export.py"),
     threads: 1
     resources:
         mem_mb=2000,
@@ -37,6 +39,7 @@ rule latency:
     benchmark:
         "benchmarks/out/latency/{experiment}.tsv"
     params:
+        code=package_code("latency.py"),
         repeats=EVALUATION["latency_repeats"],
         threads=EVALUATION["latency_threads"],
     # Reserving every core of a local run keeps other jobs of the workflow from sharing the CPU while the
@@ -65,6 +68,7 @@ rule evaluate:
     benchmark:
         "benchmarks/out/evaluate/{experiment}.tsv"
     params:
+        code=package_code("evaluate.py"),
         bootstrap=EVALUATION["bootstrap"],
         seed=EVALUATION["seed"],
     threads: 2
@@ -89,6 +93,7 @@ rule timelines:
     benchmark:
         "benchmarks/out/timelines/{experiment}.tsv"
     params:
+        code=package_code("timelines.py"),
         timeline=EVALUATION["timeline"],
     threads: 2
     resources:
@@ -115,6 +120,7 @@ rule select_best:
     log:
         "logs/select_best.log",
     params:
+        code=package_code("select_best.py"),
         experiments=list(EXPERIMENTS),
         select_metric=EVALUATION["select_metric"],
     threads: 1

@@ -14,6 +14,7 @@ rule frames:
     benchmark:
         "benchmarks/out/frames/{video_id}.tsv"
     params:
+        code=package_code("frames.py"),
         preprocess=config["preprocess"],
     threads: 2
     # Measured on the 2-core development machine with the demo tree (20-32 s of 1920x1080 H.264): 4-8 s and
@@ -38,6 +39,7 @@ rule labels:
     log:
         "logs/labels/{video_id}.log",
     params:
+        code=package_code("labels.py"),
         annotations=config["annotations"],
     threads: 1
     resources:
@@ -57,6 +59,8 @@ rule qc:
         videos="results/qc/videos.tsv",
     log:
         "logs/qc.log",
+    params:
+        code=package_code("qc.py"),
     threads: 1
     resources:
         mem_mb=500,

@@ -11,6 +11,7 @@ checkpoint manifest:
     log:
         "logs/manifest.log",
     params:
+        code=package_code("manifest.py"),
         raw_dir=str(RAW_DIR),
         tree=raw_tree_fingerprint(),
         annotations=config["annotations"],

@@ -11,6 +11,7 @@ rule report:
     benchmark:
         "benchmarks/out/report/report.tsv"
     params:
+        code=package_code("report.py"),
         # The whole configuration is printed in the report's provenance section.
         config=config,
         experiments=list(EXPERIMENTS),

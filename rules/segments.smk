@@ -14,6 +14,7 @@ rule segments:
     benchmark:
         "benchmarks/out/segments/{sampling}_{split}.tsv"
     params:
+        code=package_code("segments.py"),
         sampling=sampling_settings,
         videos=split_video_participants,
         # Frame size of an empty split's file, whose split has no frame store to take it from.
@@ -36,6 +37,7 @@ rule segment_summary:
     log:
         "logs/segment_summary/{sampling}.log",
     params:
+        code=package_code("segment_summary.py"),
         splits=SPLIT_NAMES,
     threads: 1
     resources:

@@ -14,6 +14,7 @@ rule split:
     log:
         "logs/split.log",
     params:
+        code=package_code("split.py"),
         participants=split_participants,
         split=split_settings(),
     threads: 1

@@ -15,6 +15,7 @@ rule train:
     benchmark:
         "benchmarks/out/train/{experiment}.tsv"
     params:
+        code=package_code("train.py"),
         experiment=train_settings,
         sampling=lambda wildcards: config["sampling"][experiment_sampling(wildcards.experiment)],
         preprocess=config["preprocess"],
