@@ -15,6 +15,7 @@ import ast
 import functools
 import hashlib
 from pathlib import Path
+from typing import Iterator
 
 PACKAGE = "echoflow"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -27,13 +28,21 @@ def imported_names(source: str, package: str = PACKAGE) -> set[str]:
     or a name defined in the package's ``__init__``.
     """
     names = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _statements(ast.parse(source).body):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return {name for name in names if name == package or name.startswith(package + ".")}
+
+
+def _statements(nodes: list) -> Iterator[ast.stmt]:
+    """Yield every statement in ``nodes`` and in the blocks nested in them, skipping expressions (faster)."""
+    for node in nodes:
+        yield node
+        for block in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _statements(getattr(node, block, None) or [])
 
 
 def module_file(name: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
@@ -56,6 +65,12 @@ def _parent_packages(path: Path, package_dir: Path) -> list[Path]:
     return [init for init in inits if init.is_file()]
 
 
+@functools.lru_cache(maxsize=None)
+def _imports_of(path: Path, package: str) -> frozenset[str]:
+    """Return :func:`imported_names` of one file, parsing each file once per process."""
+    return frozenset(imported_names(path.read_text(encoding="utf-8"), package))
+
+
 def code_files(script: str | Path, package_dir: Path = PACKAGE_DIR) -> list[Path]:
     """Return the package files that ``script`` runs when it is executed, sorted.
 
@@ -67,8 +82,7 @@ def code_files(script: str | Path, package_dir: Path = PACKAGE_DIR) -> list[Path
     seen: set[Path] = set()
     while pending:
         path = pending.pop()
-        source = path.read_text(encoding="utf-8")
-        for name in imported_names(source, package_dir.name):
+        for name in _imports_of(path, package_dir.name):
             found = module_file(name, package_dir)
             if found is None:
                 continue
