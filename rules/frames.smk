@@ -17,8 +17,8 @@ rule frames:
         code=package_code("frames.py"),
         preprocess=config["preprocess"],
     threads: 2
-    # Measured on the 2-core development machine with the demo tree (20-32 s of 1920x1080 H.264): 4-8 s and
-    # 150 MB peak per video. Memory does not grow with video length, because frames are streamed to the store.
+    # Measured on the 2-core development machine with the demo tree (20-32 s of 1920x1080 H.264): 2-4 s and
+    # 115 MB peak per video. Memory does not grow with video length, because frames are streamed to the store.
     # NOTE: runtime allows about an hour of video at 150 frames/s; raise it for longer captures.
     resources:
         mem_mb=500,
